@@ -1,0 +1,122 @@
+/* Event notifier: set/clear semantics, cross-thread wakeup, both backends. */
+#include "qltest.h"
+#include "qloop/notifier.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+static QLNotifierKind kinds[] = {QL_NOTIFIER_EVENTFD, QL_NOTIFIER_PIPE};
+
+static int readable(int fd, int timeout_ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, timeout_ms) == 1 && (p.revents & POLLIN);
+}
+
+static void test_notifier_set_twice_clears_once(void)
+{
+    for (int k = 0; k < 2; k++) {
+        QLNotifier n;
+        QL_CHECK_EQ(ql_notifier_init_kind(&n, kinds[k]), 0);
+        QL_CHECK_EQ(ql_notifier_test_and_clear(&n), 0);
+        QL_CHECK_EQ(ql_notifier_set(&n), 0);
+        QL_CHECK_EQ(ql_notifier_set(&n), 0);
+        QL_CHECK(readable(ql_notifier_fd(&n), 0));
+        QL_CHECK_EQ(ql_notifier_test_and_clear(&n), 1);
+        QL_CHECK_EQ(ql_notifier_test_and_clear(&n), 0);
+        QL_CHECK(!readable(ql_notifier_fd(&n), 0));
+        ql_notifier_close(&n);
+    }
+}
+
+static void test_notifier_closed_returns_ebadf(void)
+{
+    QLNotifier n;
+    QL_CHECK_EQ(ql_notifier_init(&n), 0);
+    ql_notifier_close(&n);
+    ql_notifier_close(&n); /* idempotent */
+    QL_CHECK_EQ(ql_notifier_set(&n), -EBADF);
+    QL_CHECK_EQ(ql_notifier_test_and_clear(&n), -EBADF);
+    QL_CHECK_EQ(ql_notifier_fd(&n), -EBADF);
+}
+
+static void *setter(void *arg)
+{
+    QLNotifier *n = arg;
+    for (int i = 0; i < 10000; i++) {
+        ql_notifier_set(n);
+    }
+    return NULL;
+}
+
+static void test_notifier_many_sets_from_threads_set_once(void)
+{
+    for (int k = 0; k < 2; k++) {
+        QLNotifier n;
+        pthread_t t[4];
+        QL_CHECK_EQ(ql_notifier_init_kind(&n, kinds[k]), 0);
+        for (int i = 0; i < 4; i++) {
+            pthread_create(&t[i], NULL, setter, &n);
+        }
+        for (int i = 0; i < 4; i++) {
+            pthread_join(t[i], NULL);
+        }
+        QL_CHECK_EQ(ql_notifier_test_and_clear(&n), 1);
+        QL_CHECK_EQ(ql_notifier_test_and_clear(&n), 0);
+        ql_notifier_close(&n);
+    }
+}
+
+static void *delayed_set(void *arg)
+{
+    usleep(20000);
+    ql_notifier_set(arg);
+    return NULL;
+}
+
+static void test_notifier_set_from_thread_wakes_poll(void)
+{
+    for (int k = 0; k < 2; k++) {
+        QLNotifier n;
+        pthread_t t;
+        QL_CHECK_EQ(ql_notifier_init_kind(&n, kinds[k]), 0);
+        pthread_create(&t, NULL, delayed_set, &n);
+        QL_CHECK(readable(ql_notifier_fd(&n), 5000));
+        pthread_join(t, NULL);
+        QL_CHECK_EQ(ql_notifier_test_and_clear(&n), 1);
+        ql_notifier_close(&n);
+    }
+}
+
+static QLNotifier *sig_notifier;
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    ql_notifier_set(sig_notifier);
+}
+
+static void test_notifier_set_from_signal_handler(void)
+{
+    for (int k = 0; k < 2; k++) {
+        QLNotifier n;
+        QL_CHECK_EQ(ql_notifier_init_kind(&n, kinds[k]), 0);
+        sig_notifier = &n;
+        struct sigaction sa = {.sa_handler = on_alarm};
+        sigaction(SIGALRM, &sa, NULL);
+        alarm(1);
+        QL_CHECK(readable(ql_notifier_fd(&n), 5000));
+        QL_CHECK_EQ(ql_notifier_test_and_clear(&n), 1);
+        signal(SIGALRM, SIG_DFL);
+        ql_notifier_close(&n);
+    }
+}
+
+QLTEST_MAIN(QLT(test_notifier_set_twice_clears_once),
+            QLT(test_notifier_closed_returns_ebadf),
+            QLT(test_notifier_many_sets_from_threads_set_once),
+            QLT(test_notifier_set_from_thread_wakes_poll),
+            QLT(test_notifier_set_from_signal_handler))
