@@ -1,0 +1,154 @@
+/*
+ * qloop/coroutine.h - stackful coroutines (QEMU's qemu-coroutine.h model).
+ *
+ * A coroutine runs `entry(opaque)` on its own C stack.  ql_coroutine_enter()
+ * runs it until it yields or returns; then the caller continues after the
+ * enter call.  Coroutines belong to the thread that enters them; switching
+ * is a register swap (no system call).  Stacks are mmap'd with a guard page
+ * and pooled; an overflow is reported on stderr as a coroutine stack overflow
+ * naming the stack size.
+ *
+ * Lifetime: a coroutine is freed when its entry function returns, unless a
+ * reference was taken with ql_coroutine_ref(); then the finished coroutine
+ * stays valid (ql_coroutine_finished() is true, entering it returns -EINVAL)
+ * until the last ql_coroutine_unref().  Its stack is recycled at termination
+ * either way.
+ *
+ * Functions marked "coroutine only" must be called from inside a coroutine.
+ */
+#ifndef QLOOP_COROUTINE_H
+#define QLOOP_COROUTINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qloop/context.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* cffi:begin */
+typedef struct QLCoroutine QLCoroutine;
+typedef void QLCoroutineFunc(void *opaque);
+
+/* Create a coroutine (not started) with the default stack size.  NULL +
+ * errno (ENOMEM) on failure.  Any thread. */
+QLCoroutine *ql_coroutine_create(QLCoroutineFunc *entry, void *opaque);
+/* Same with an explicit stack size in bytes (0: default; rounded up to whole
+ * pages; minimum 16 KiB). */
+QLCoroutine *ql_coroutine_create_full(QLCoroutineFunc *entry, void *opaque, size_t stack_size);
+
+/* Run co until it yields or finishes.  Coroutines it woke meanwhile (see
+ * ql_co_wake) run before this returns.  Returns 0, -EBUSY if co is running or
+ * suspended in a nested enter, -EINVAL if it finished, -EALREADY if it is
+ * scheduled (ql_co_schedule, ql_co_sleep_ns).  Any context; the coroutine
+ * then belongs to the calling thread's current context. */
+int ql_coroutine_enter(QLCoroutine *co);
+/* Enter co only if it is not already entered (running or in the caller
+ * chain).  Returns 0 or the errors of ql_coroutine_enter(). */
+int ql_coroutine_enter_if_inactive(QLCoroutine *co);
+
+/* Give control back to whoever entered the current coroutine.  Returns 0
+ * once re-entered, or -EPERM outside a coroutine.  Coroutine only. */
+int ql_coroutine_yield(void);
+
+/* The running coroutine, or NULL outside one. */
+QLCoroutine *ql_coroutine_self(void);
+bool ql_in_coroutine(void);
+/* True while co is running or suspended in the chain of entered coroutines. */
+bool ql_coroutine_entered(QLCoroutine *co);
+bool ql_coroutine_finished(QLCoroutine *co);
+size_t ql_coroutine_stack_size(QLCoroutine *co);
+/* The context co last ran in (NULL before it first ran). */
+QLContext *ql_coroutine_get_context(QLCoroutine *co);
+
+void ql_coroutine_ref(QLCoroutine *co);
+void ql_coroutine_unref(QLCoroutine *co);
+
+/* Per-coroutine user pointer (for bindings). */
+void ql_coroutine_set_user_data(QLCoroutine *co, void *data);
+void *ql_coroutine_get_user_data(QLCoroutine *co);
+
+/* Default stack size for new coroutines (bytes; QLOOP_STACK_SIZE in the
+ * environment overrides the built-in 256 KiB). */
+size_t ql_coroutine_default_stack_size(void);
+/* Name of the switch backend in use ("asm-x86_64", "asm-aarch64" or
+ * "ucontext"; QLOOP_COROUTINE=ucontext forces the portable one). */
+const char *ql_coroutine_backend(void);
+
+/* ---- across contexts and threads (QEMU's aio_co_*) ------------------- */
+
+/* Run co in ctx's next poll.  Any thread.  -EALREADY if already scheduled. */
+int ql_co_schedule(QLContext *ctx, QLCoroutine *co);
+/* Wake co in the context where it last ran: another thread's context ->
+ * scheduled there; from inside a coroutine of the same context -> runs when
+ * the current coroutine yields or ends; otherwise entered now. */
+int ql_co_wake(QLCoroutine *co);
+/* QEMU's aio_co_enter: as ql_co_wake but into ctx. */
+int ql_co_enter(QLContext *ctx, QLCoroutine *co);
+
+/* ---- CoQueue ---------------------------------------------------------- */
+
+typedef struct QLCoQueue QLCoQueue;
+typedef struct QLCoMutex QLCoMutex;
+typedef struct QLCoRwlock QLCoRwlock;
+
+QLCoQueue *ql_co_queue_new(void);
+void ql_co_queue_free(QLCoQueue *q);
+/* Wait until woken, FIFO.  If mutex is not NULL it is released while
+ * waiting and retaken before returning.  Coroutine only: -EPERM outside. */
+int ql_co_queue_wait(QLCoQueue *q, QLCoMutex *mutex);
+/* Same, but queue at the head. */
+int ql_co_queue_wait_insert_head(QLCoQueue *q, QLCoMutex *mutex);
+/* Wake the first waiter (see ql_co_wake); true if there was one. */
+bool ql_co_queue_next(QLCoQueue *q);
+/* Wake all waiters. */
+void ql_co_queue_restart_all(QLCoQueue *q);
+bool ql_co_queue_empty(QLCoQueue *q);
+
+/* ---- CoMutex: FIFO hand-off, no barging ------------------------------- */
+
+QLCoMutex *ql_co_mutex_new(void);
+void ql_co_mutex_free(QLCoMutex *m);
+/* Coroutine only (-EPERM outside); -EDEADLK if the caller holds it. */
+int ql_co_mutex_lock(QLCoMutex *m);
+/* 1 if taken, 0 if held by someone else.  Coroutine only. */
+int ql_co_mutex_trylock(QLCoMutex *m);
+/* Hands the lock to the first waiter.  -EPERM if the caller is not the
+ * holder. */
+int ql_co_mutex_unlock(QLCoMutex *m);
+bool ql_co_mutex_locked(QLCoMutex *m);
+QLCoroutine *ql_co_mutex_holder(QLCoMutex *m);
+
+/* ---- CoRwlock: FIFO tickets, writers are not starved ------------------ */
+
+QLCoRwlock *ql_co_rwlock_new(void);
+void ql_co_rwlock_free(QLCoRwlock *l);
+int ql_co_rwlock_rdlock(QLCoRwlock *l);
+int ql_co_rwlock_wrlock(QLCoRwlock *l);
+/* Release a read or write hold.  -EPERM if the caller holds none. */
+int ql_co_rwlock_unlock(QLCoRwlock *l);
+/* Reader -> writer (waits for the other readers; queued writers go first). */
+int ql_co_rwlock_upgrade(QLCoRwlock *l);
+/* Writer -> reader (admits queued readers). */
+int ql_co_rwlock_downgrade(QLCoRwlock *l);
+
+/* ---- sleep ------------------------------------------------------------ */
+
+typedef struct QLCoSleep QLCoSleep;
+/* Sleep ns on `clock` of the current context.  Coroutine only.  Returns 0
+ * after the time passed or 1 if woken early through `w` (may be NULL). */
+int ql_co_sleep_ns_wakeable(QLCoSleep *w, QLClockType clock, int64_t ns);
+int ql_co_sleep_ns(QLClockType clock, int64_t ns);
+QLCoSleep *ql_co_sleep_new(void);
+void ql_co_sleep_free(QLCoSleep *w);
+/* Wake the coroutine sleeping on w early; no-op if none.  Home thread. */
+void ql_co_sleep_wake(QLCoSleep *w);
+/* cffi:end */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QLOOP_COROUTINE_H */
