@@ -1,0 +1,1 @@
+"""python -m qloop bench: the runner (written below)."""

@@ -1,0 +1,167 @@
+"""Plumbing shared by the workload modules: command line, timing, result line.
+
+A workload module defines
+
+    NAME        "callbacks"
+    VARIANTS    tuple of variant names, or () when there is none
+    DEFAULT_N   int, or {variant: int}      (the definition's N)
+    QUICK_N     int, or {variant: int}      (``python -m qloop bench --quick``)
+    CALLGRIND_N int, or {variant: int}      (``--callgrind``: small, cheap under valgrind)
+    IMPLS       {impl name: function(n, variant, opts) -> dict}
+    FLOORS      impl names that are lower bounds / baselines, not peers
+    REQUIRES    {impl name: importable module it needs}
+    METRIC      "per_op_ns" | "ops_per_s" | {variant: metric}
+
+The function returns {"seconds": s, "ops": k, ...extras}; ``ops`` defaults to
+n.  ``measure()`` turns that into the one JSON line every run prints:
+
+    {"workload", "impl", "n", "ops", "seconds", "per_op_ns" | "ops_per_s",
+     "peak_rss_kb", ...extras, "python"}
+
+A qloop impl that needs an API which does not exist yet raises NotAvailable
+(see ``qloop_api``); the line then carries ``"status": "n/a"`` and a reason,
+and the process still exits 0.
+"""
+import argparse
+import gc
+import json
+import os
+import resource
+import sys
+import time
+
+now = time.perf_counter
+
+
+class NotAvailable(Exception):
+    """The qloop feature this workload needs is not implemented (yet)."""
+
+
+def qloop_api(*names):
+    """Return ``qloop.<name>`` for each dotted name (one object or a tuple).
+
+    Raises NotAvailable naming the first one that is missing, so a workload
+    can be written against the documented API before all of it exists.
+    """
+    try:
+        import qloop
+    except ImportError as e:  # pragma: no cover - qloop is what we bench
+        raise NotAvailable("qloop is not importable: %s" % e) from None
+    out = []
+    for name in names:
+        obj = qloop
+        for part in name.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                raise NotAvailable("qloop.%s is not implemented" % name) from None
+        out.append(obj)
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def peak_rss_kb():
+    """Peak resident set size of this process (Linux: ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def rss_bytes():
+    """Current resident set size, from /proc/self/statm."""
+    with open("/proc/self/statm") as f:
+        resident_pages = int(f.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def settle():
+    """Called right before every timed region: collect garbage (GC stays on)."""
+    gc.collect()
+
+
+def per_variant(value, variant):
+    """Resolve a module constant that is either a value or {variant: value}."""
+    if isinstance(value, dict):
+        return value[variant]
+    return value
+
+
+def workload_label(mod, variant):
+    return mod.NAME + ("/" + variant if variant else "")
+
+
+def metric_of(mod, variant):
+    return per_variant(getattr(mod, "METRIC", "per_op_ns"), variant)
+
+
+def measure(mod, impl, n=None, variant=None, **opts):
+    """Run one workload in this process and return its result record (a dict).
+
+    This is the function form of ``python -m qloop.bench.<name>``; the runner
+    always uses a fresh process per run, so that nothing one impl imported or
+    allocated changes the next one's numbers.
+    """
+    if mod.VARIANTS:
+        variant = variant or mod.VARIANTS[0]
+        if variant not in mod.VARIANTS:
+            raise ValueError("variant must be one of %s, not %r" % (mod.VARIANTS, variant))
+    else:
+        variant = None
+    if impl not in mod.IMPLS:
+        raise ValueError("impl must be one of %s, not %r" % (sorted(mod.IMPLS), impl))
+    if n is None:
+        n = per_variant(mod.DEFAULT_N, variant)
+    rec = {"workload": workload_label(mod, variant), "impl": impl, "n": n}
+    try:
+        res = mod.IMPLS[impl](n, variant, opts)
+    except (NotAvailable, NotImplementedError) as e:
+        rec.update(status="n/a", reason=str(e) or type(e).__name__)
+        rec["python"] = sys.version.split()[0]
+        return rec
+    seconds = res.pop("seconds")
+    ops = res.pop("ops", n)
+    rec["ops"] = ops
+    rec["seconds"] = round(seconds, 6)
+    metric = res.pop("metric", None) or metric_of(mod, variant)
+    if metric == "ops_per_s" and "ops_per_s" not in res:
+        rec["ops_per_s"] = round(ops / seconds, 1)
+    elif metric != "ops_per_s":
+        rec["per_op_ns"] = round(seconds / ops * 1e9, 2) if ops else None
+    rec["peak_rss_kb"] = res.pop("peak_rss_kb", None) or peak_rss_kb()
+    rec.update(res)
+    rec["python"] = sys.version.split()[0]
+    return rec
+
+
+def cli(mod, argv=None):
+    """``python -m qloop.bench.<name> --impl IMPL [--n N] [--variant V]``."""
+    p = argparse.ArgumentParser(prog="python -m qloop.bench." + mod.NAME,
+                                description=(mod.__doc__ or "").split("\n\n")[0])
+    p.add_argument("--impl", required=True, choices=sorted(mod.IMPLS))
+    p.add_argument("--n", type=int, default=None,
+                   help="operations (default: the workload definition's N)")
+    if mod.VARIANTS:
+        p.add_argument("--variant", choices=mod.VARIANTS, default=mod.VARIANTS[0])
+    add = getattr(mod, "add_arguments", None)
+    if add:
+        add(p)
+    a = p.parse_args(argv)
+    opts = {k: v for k, v in vars(a).items() if k not in ("impl", "n", "variant")}
+    rec = measure(mod, a.impl, a.n, getattr(a, "variant", None), **opts)
+    sys.stdout.write(json.dumps(rec) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def new_aio_loop(impl):
+    """A fresh asyncio event loop: uvloop's for impl names starting "uvloop"."""
+    if impl.startswith("uvloop"):
+        import uvloop
+        return uvloop.new_event_loop()
+    import asyncio
+    return asyncio.new_event_loop()
+
+
+def cache_dir():
+    """Where compiled helpers go (never inside the source tree)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    d = os.path.join(base, "qloop-bench")
+    os.makedirs(d, exist_ok=True)
+    return d
