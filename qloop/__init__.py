@@ -31,6 +31,17 @@ _core = _load_core()
 
 from ._errors import check_errno  # noqa: E402
 from .notifier import EventNotifier  # noqa: E402
+from .context import (  # noqa: E402
+    BH,
+    CLOCK_HOST,
+    CLOCK_REALTIME,
+    CLOCK_VIRTUAL,
+    AioContext,
+    Timer,
+    VirtualClock,
+)
+from .aiocb import AIOCB, AIOCBPool  # noqa: E402
+from .iothread import IOThread  # noqa: E402
 
 __version__ = ffi.string(lib.ql_version()).decode()
 
@@ -58,7 +69,17 @@ def get_pkgconfig_dir():
 
 
 __all__ = [
+    "AIOCB",
+    "AIOCBPool",
+    "AioContext",
+    "BH",
+    "CLOCK_HOST",
+    "CLOCK_REALTIME",
+    "CLOCK_VIRTUAL",
     "EventNotifier",
+    "IOThread",
+    "Timer",
+    "VirtualClock",
     "check_errno",
     "ffi",
     "get_include",

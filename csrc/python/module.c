@@ -10,6 +10,7 @@
 #include <Python.h>
 
 #include "glue.h"
+#include "pycontext.h"
 
 long qlpy_blocked_sections(void);
 int qlpy_gil_state_while_blocked(void);
@@ -69,5 +70,10 @@ PyMODINIT_FUNC PyInit__core(void)
         return NULL;
     }
     qlpy_install_blocking_hooks();
+    if (qlpy_context_register_types(m) < 0 || qlpy_bh_register(m) < 0 ||
+        qlpy_timer_register(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

@@ -1,0 +1,116 @@
+/* Exceptions across the C boundary: -errno -> OSError, and callback
+ * exceptions carried from a dispatch back to the poll() that ran it. */
+#include "pycontext.h"
+
+#include <string.h>
+
+PyObject *qlpy_raise_errno(int neg_errno)
+{
+    errno = -neg_errno;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+/* The innermost running dispatch of this thread (see DispatchFrame). */
+_Thread_local DispatchFrame *qlpy_top_frame;
+
+/* Take the raised exception as one object (traceback attached). */
+static PyObject *fetch_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (!type) {
+        return NULL;
+    }
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb) {
+        PyException_SetTraceback(value, tb);
+        Py_DECREF(tb);
+    }
+    Py_DECREF(type);
+    return value;
+#endif
+}
+
+void qlpy_restore_exception(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyObject *tb = PyException_GetTraceback(exc);
+    PyObject *type = (PyObject *)Py_TYPE(exc);
+    Py_INCREF(type);
+    PyErr_Restore(type, exc, tb);
+#endif
+}
+
+static void defer(ContextObject *ctx, PyObject *exc)
+{
+    DispatchFrame *f = qlpy_top_frame;
+    if (ctx) {
+        /* the innermost dispatch of that very context, if any */
+        DispatchFrame *g = f;
+        while (g && g->ctx != ctx) {
+            g = g->prev;
+        }
+        if (g) {
+            f = g;
+        }
+    }
+    if (!f) {
+        /* Nobody in Python will see it: report it rather than swallow it. */
+        qlpy_restore_exception(exc);
+        PyErr_WriteUnraisable(ctx ? (PyObject *)ctx : Py_None);
+        return;
+    }
+    if (f->exc) {
+        /* A second failure in the same dispatch: keep the first, report this. */
+        qlpy_restore_exception(exc);
+        PyErr_WriteUnraisable((PyObject *)f->ctx);
+        return;
+    }
+    f->exc = exc;
+    /* Stop the dispatch that ran the callback (it may be another context
+     * than the frame's, e.g. the iohandler context under main_loop_wait). */
+    if (ctx && ctx->ctx) {
+        ql_context_stop_dispatch(ctx->ctx);
+    }
+    if (f->ctx && f->ctx->ctx && f->ctx != ctx) {
+        ql_context_stop_dispatch(f->ctx->ctx);
+    }
+}
+
+void qlpy_callback_failed(ContextObject *ctx)
+{
+    PyObject *exc = fetch_exception();
+    if (exc) {
+        defer(ctx, exc);
+    }
+}
+
+void qlpy_defer_exception(PyObject *exc)
+{
+    defer(NULL, exc);
+}
+
+void qlpy_call_callback(ContextObject *ctx, PyObject *cb, PyObject *args)
+{
+    PyObject *r;
+    Py_INCREF(cb); /* the callback may drop the last other reference to itself */
+    Py_XINCREF(args);
+    if (args) {
+        r = PyObject_Vectorcall(cb, &PyTuple_GET_ITEM(args, 0),
+                                (size_t)PyTuple_GET_SIZE(args), NULL);
+    } else {
+        r = PyObject_CallNoArgs(cb);
+    }
+    Py_DECREF(cb);
+    Py_XDECREF(args);
+    if (r) {
+        Py_DECREF(r);
+    } else {
+        qlpy_callback_failed(ctx);
+    }
+}

@@ -1,0 +1,83 @@
+/*
+ * Internal to the CPython glue: the AioContext, BH and Timer objects and the
+ * per-thread stack of running dispatches that carries callback exceptions
+ * back to the poll() that ran them.
+ */
+#ifndef QLOOP_PY_CONTEXT_H
+#define QLOOP_PY_CONTEXT_H
+
+#ifndef PY_SSIZE_T_CLEAN
+#define PY_SSIZE_T_CLEAN
+#endif
+#include <Python.h>
+
+#include "qloop/context.h"
+
+typedef struct BHObject BHObject;
+typedef struct TimerObject TimerObject;
+typedef struct OneshotNode OneshotNode;
+
+typedef struct ContextObject {
+    PyObject_HEAD
+    QLContext *ctx;          /* NULL once closed */
+    int owned;               /* created by us: freed by close() */
+    const char *kind;        /* "context", "main", "iohandler" */
+    PyObject *fd_handlers;   /* dict fd -> FdRecord (keeps callables alive) */
+    PyObject *graveyard;     /* list of replaced FdRecords, freed after the outermost dispatch */
+    BHObject *bhs;           /* live BH objects (intrusive list, for close) */
+    TimerObject *timers;     /* live Timer objects (intrusive list, for close) */
+    OneshotNode *oneshot_free; /* recycled oneshot nodes */
+    int oneshot_free_count;
+    int dispatch_depth;      /* polls of this context running (nesting) */
+    unsigned long poll_thread; /* thread running poll() when dispatch_depth > 0 */
+    PyObject *weakreflist;
+} ContextObject;
+
+/* One running poll()/dispatch() of a context in this thread.  Exceptions of
+ * the callbacks it runs are stored here and raised when it returns. */
+typedef struct DispatchFrame {
+    struct DispatchFrame *prev;
+    ContextObject *ctx;
+    PyObject *exc;           /* first exception raised by a callback */
+} DispatchFrame;
+
+extern PyTypeObject QLPy_ContextType;
+extern PyTypeObject QLPy_BHType;
+extern PyTypeObject QLPy_TimerType;
+
+/* Record the exception now set (PyErr_Occurred) as raised by a callback of
+ * ctx: the running poll() of this thread re-raises it and the dispatch stops
+ * after the current callback.  Clears the error indicator. */
+void qlpy_callback_failed(ContextObject *ctx);
+
+/* Call cb(*args); args is NULL or a tuple.  On exception, qlpy_callback_failed. */
+void qlpy_call_callback(ContextObject *ctx, PyObject *cb, PyObject *args);
+
+/* The innermost running dispatch of this thread. */
+extern _Thread_local DispatchFrame *qlpy_top_frame;
+
+/* Set exc (a reference is stolen) as the raised exception. */
+void qlpy_restore_exception(PyObject *exc);
+
+/* -errno -> OSError (returns NULL); the same conversion as qloop._errors. */
+PyObject *qlpy_raise_errno(int neg_errno);
+
+/* RuntimeError("... closed AioContext") unless ctx is open. */
+int qlpy_context_check_open(ContextObject *self);
+
+/* Wrap a context we do not own (main / iohandler context); cached. */
+PyObject *qlpy_context_wrap(QLContext *ctx, const char *kind);
+
+int qlpy_context_register_types(PyObject *module);
+int qlpy_bh_register(PyObject *module);
+int qlpy_timer_register(PyObject *module);
+
+/* Used by close(): detach every BH / Timer object and drop the oneshot pool. */
+void qlpy_bh_detach_all(ContextObject *ctx);
+void qlpy_timer_detach_all(ContextObject *ctx);
+
+/* schedule_oneshot(cb, *args) implementation (METH_FASTCALL). */
+PyObject *qlpy_context_schedule_oneshot(ContextObject *self, PyObject *const *args,
+                                        Py_ssize_t nargs);
+
+#endif

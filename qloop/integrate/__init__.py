@@ -1,0 +1,1 @@
+"""Adapters that drive a qloop AioContext from another event loop."""

@@ -1,0 +1,44 @@
+import os
+
+import pytest
+
+
+@pytest.fixture(params=["epoll", "poll"])
+def fdmon(request, monkeypatch):
+    """Run the test under both fd monitors (read when a context is created)."""
+    if request.param == "poll":
+        monkeypatch.setenv("QLOOP_FDMON", "poll")
+    else:
+        monkeypatch.delenv("QLOOP_FDMON", raising=False)
+    return request.param
+
+
+@pytest.fixture
+def ctx(fdmon):
+    import qloop
+
+    c = qloop.AioContext()
+    assert c.fdmon == fdmon
+    # registering handlers notifies; start from a quiet context
+    while c.poll(blocking=False):
+        pass
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def vctx():
+    """A context whose tests run on the virtual clock with autojump."""
+    import qloop
+
+    c = qloop.AioContext()
+    c.virtual_clock.autojump = True
+    yield c
+    c.close()
+
+
+def pipe_nonblocking():
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    return r, w
