@@ -165,3 +165,42 @@ def cache_dir():
     d = os.path.join(base, "qloop-bench")
     os.makedirs(d, exist_ok=True)
     return d
+
+
+def qloop_run(ctx, fn, *args):
+    """Run ``fn(*args)`` as a qloop coroutine in ``ctx`` until it finishes.
+
+    That is ``AioContext.run``; where the binding has no ``run`` yet, the same
+    thing is spelled with a bottom half that enters the coroutine (so that it
+    belongs to ctx) and ``poll()`` until it is done.
+    """
+    run = getattr(ctx, "run", None)
+    if run is not None:
+        return run(fn, *args)
+    Coroutine = qloop_api("Coroutine")
+    co = Coroutine(fn, *args)
+    ctx.schedule_oneshot(co.enter)
+    while not co.done:
+        ctx.poll(True)
+    return co.result()
+
+
+def qloop_rescheduler(ctx):
+    """Return (again, how): ``again()`` puts the running coroutine back on
+    ctx's queue and yields, so it resumes in the next poll (the
+    ``asyncio.sleep(0)`` of qloop).  ``AioContext.co_schedule`` does that; if
+    the binding lacks it, a oneshot BH that calls ``co_wake`` is equivalent."""
+    coroutine_self, coroutine_yield, co_wake = qloop_api(
+        "coroutine_self", "coroutine_yield", "co_wake")
+    co_schedule = getattr(ctx, "co_schedule", None)
+    if co_schedule is not None:
+        def again():
+            co_schedule(coroutine_self())
+            coroutine_yield()
+        return again, "co_schedule"
+    oneshot = ctx.schedule_oneshot
+
+    def again():
+        oneshot(co_wake, coroutine_self())
+        coroutine_yield()
+    return again, "schedule_oneshot+co_wake"

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include <qloop/qloop.h>
+#include <qloop/coroutine.h>
 
 static volatile int keep_going = 1;
 

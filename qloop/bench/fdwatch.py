@@ -21,7 +21,7 @@ watchers (coro: hub.wait(watcher); coro_oneshot: gevent.socket.wait_read).
 import os
 import sys
 
-from ._common import cli, new_aio_loop, now, qloop_api, settle
+from ._common import cli, new_aio_loop, now, qloop_api, qloop_run, settle
 
 NAME = "fdwatch"
 VARIANTS = ("callback", "coro", "coro_oneshot")
@@ -125,6 +125,7 @@ def run_qloop(n, variant, opts):
     else:
         Coroutine, coroutine_yield, coroutine_self, co_wake = qloop_api(
             "Coroutine", "coroutine_yield", "coroutine_self", "co_wake")
+        qloop_api("Coroutine.join")
         set_fd_handler = ctx.set_fd_handler
         if variant == "coro":
             waiting = {p.r1: None, p.r2: None}
@@ -166,7 +167,7 @@ def run_qloop(n, variant, opts):
 
         settle()
         t0 = now()
-        ctx.run(main)
+        qloop_run(ctx, main)
         t1 = now()
         if variant == "coro":
             set_fd_handler(p.r1, None)

@@ -6,15 +6,15 @@ One op = one acquisition (``n`` is ITERS, ``acquisitions`` = W * ITERS).
 Extra ``handoff_ratio``: the fraction of acquisitions made by a different
 coroutine than the previous one (1.0 = FIFO hand-off, ~0 = barging).
 
-qloop: qloop.CoMutex (with-statement); yield = reschedule the running
+qloop: qloop.CoMutex lock()/unlock(); yield = reschedule the running
 coroutine in its context (ctx.co_schedule(coroutine_self())) and
-coroutine_yield(); W qloop.Coroutine started from a main coroutine run by
-ctx.run().  asyncio/uvloop: asyncio.Lock, await asyncio.sleep(0).  gevent:
+coroutine_yield(); W qloop.Coroutine woken (co_wake) by a main coroutine
+that ctx.run() runs and that joins them.  asyncio/uvloop: asyncio.Lock, await asyncio.sleep(0).  gevent:
 gevent.lock.Semaphore(1); gevent_rlock: gevent.lock.RLock; gevent.sleep(0).
 """
 import sys
 
-from ._common import cli, new_aio_loop, now, qloop_api, settle
+from ._common import cli, new_aio_loop, now, qloop_api, qloop_rescheduler, qloop_run, settle
 
 NAME = "lock"
 VARIANTS = ()
@@ -46,26 +46,26 @@ class _Tally:
 
 
 def run_qloop(n, variant, opts):
-    AioContext, Coroutine, CoMutex, coroutine_yield, coroutine_self, co_wake = qloop_api(
-        "AioContext", "Coroutine", "CoMutex", "coroutine_yield", "coroutine_self", "co_wake")
+    AioContext, Coroutine, CoMutex, co_wake = qloop_api(
+        "AioContext", "Coroutine", "CoMutex", "co_wake")
+    qloop_api("Coroutine.join")
     w = opts.get("workers", 100)
     tally = _Tally(w, n)
     ctx = AioContext()
-    reschedule = ctx.co_schedule
+    again, how = qloop_rescheduler(ctx)
 
     def worker(lock, me):
         t = tally
-        y = coroutine_yield
-        self_ = coroutine_self()
+        acquire, release = lock.lock, lock.unlock
         for _ in range(n):
-            with lock:
-                if me != t.last:
-                    t.handoffs += 1
-                    t.last = me
-                v = t.counter
-                reschedule(self_)
-                y()
-                t.counter = v + 1
+            acquire()
+            if me != t.last:
+                t.handoffs += 1
+                t.last = me
+            v = t.counter
+            again()
+            t.counter = v + 1
+            release()
 
     def main():
         lock = CoMutex()
@@ -77,10 +77,10 @@ def run_qloop(n, variant, opts):
 
     settle()
     t0 = now()
-    ctx.run(main)
+    qloop_run(ctx, main)
     t1 = now()
     ctx.close()
-    return tally.result(t1 - t0)
+    return dict(tally.result(t1 - t0), yield_via=how)
 
 
 def run_aio(impl):

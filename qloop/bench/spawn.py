@@ -61,6 +61,7 @@ def run_qloop(n, variant, opts):
         return {"seconds": t1 - t0}
     # mem
     AioContext, CoQueue = qloop_api("AioContext", "CoQueue")
+    qloop_api("CoQueue.restart_all")
     ctx = AioContext()
     q = CoQueue()
     blocked = 0

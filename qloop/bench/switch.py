@@ -11,7 +11,7 @@ into a generator that loops on yield (the floor).
 """
 import sys
 
-from ._common import cli, new_aio_loop, now, qloop_api, settle
+from ._common import cli, new_aio_loop, now, qloop_api, qloop_rescheduler, qloop_run, settle
 
 NAME = "switch"
 VARIANTS = ()
@@ -46,24 +46,20 @@ def run_qloop(n, variant, opts):
 
 
 def run_qloop_loop(n, variant, opts):
-    AioContext, coroutine_yield, coroutine_self = qloop_api(
-        "AioContext", "coroutine_yield", "coroutine_self")
+    AioContext = qloop_api("AioContext")
     ctx = AioContext()
+    again, how = qloop_rescheduler(ctx)
 
     def body():
-        me = coroutine_self()
-        again = ctx.co_schedule
-        y = coroutine_yield
         for _ in range(n):
-            again(me)
-            y()
+            again()
 
     settle()
     t0 = now()
-    ctx.run(body)
+    qloop_run(ctx, body)
     t1 = now()
     ctx.close()
-    return {"seconds": t1 - t0}
+    return {"seconds": t1 - t0, "yield_via": how}
 
 
 def run_greenlet(n, variant, opts):

@@ -13,7 +13,7 @@ from the main thread.
 """
 import sys
 
-from ._common import cli, new_aio_loop, now, qloop_api, settle
+from ._common import cli, new_aio_loop, now, qloop_api, qloop_run, settle
 
 NAME = "threadpool"
 VARIANTS = ()
@@ -47,7 +47,7 @@ def run_qloop(n, variant, opts):
             run_in_thread(f)
         box["seconds"] = now() - t0
 
-    ctx.run(main)
+    qloop_run(ctx, main)
     ctx.close()
     return {"seconds": box["seconds"]}
 
