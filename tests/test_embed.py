@@ -32,11 +32,24 @@ def c_compiler():
     return argv
 
 
+def sanitizer_flags():
+    # ci/sanitize installs a libqloop built with ASan+UBSan: a program linking
+    # it must be compiled with the same sanitizers (and then runs under them).
+    with open(os.path.join(qloop.get_library_dir(), "libqloop.a"), "rb") as f:
+        data = f.read()
+    flags = []
+    if b"__asan_init" in data:
+        flags.append("-fsanitize=address")
+    if b"__ubsan_handle" in data:
+        flags.append("-fsanitize=undefined")
+    return flags
+
+
 def run_program(exe):
     env = dict(os.environ)
     env.pop("QLOOP_NOTIFIER", None)
-    # The program is linked without ASan even when this test runs under an
-    # ASan-preloaded Python (ci/sanitize).
+    # Under ci/sanitize the Python running this test has libasan preloaded;
+    # the program links its own sanitizer runtimes if it needs them.
     env.pop("LD_PRELOAD", None)
     p = subprocess.run([exe], capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr
@@ -70,7 +83,7 @@ def test_non_editable_paths_are_inside_the_package():
 
 def test_embed_with_get_include_and_library_dir(tmp_path):
     exe = str(tmp_path / "embed_notifier")
-    compile_program(c_compiler() + WARNINGS + [
+    compile_program(c_compiler() + WARNINGS + sanitizer_flags() + [
         SOURCE, "-I", qloop.get_include(),
         "-L", qloop.get_library_dir(), "-lqloop", "-pthread", "-o", exe], tmp_path)
     assert run_program(exe) == EXPECTED
@@ -89,7 +102,7 @@ def test_embed_with_pkg_config(tmp_path):
     assert os.path.join(qloop.get_library_dir(), "libqloop.a") in [
         os.path.normpath(f) for f in flags]
     exe = str(tmp_path / "embed_notifier")
-    compile_program(c_compiler() + WARNINGS + [SOURCE] + flags + ["-o", exe], tmp_path)
+    compile_program(c_compiler() + WARNINGS + sanitizer_flags() + [SOURCE] + flags + ["-o", exe], tmp_path)
     assert run_program(exe) == EXPECTED
     p = subprocess.run(["pkg-config", "--modversion", "qloop"],
                        capture_output=True, text=True, env=env, timeout=60)
