@@ -104,7 +104,6 @@ ci_venv() {
     export VIRTUAL_ENV="$dir"
     export PATH="$dir/bin:$PATH"
     hash -r
-    ci_run python -m pip install -q --upgrade pip
 }
 
 # ci_pytest [ARGS...]: run the whole suite against the installed qloop.  From
