@@ -104,6 +104,9 @@ ci_venv() {
     export VIRTUAL_ENV="$dir"
     export PATH="$dir/bin:$PATH"
     hash -r
+    # The pip bundled with 3.10 (23.0) knows neither -C nor repeated
+    # --config-settings keys, which the builds below rely on.
+    ci_run python -m pip install -q --upgrade pip
 }
 
 # ci_pytest [ARGS...]: run the whole suite against the installed qloop.  From
