@@ -13,5 +13,6 @@
 #include "qloop/version.h"
 #include "qloop/blocking.h"
 #include "qloop/notifier.h"
+#include "qloop/context.h"
 
 #endif /* QLOOP_QLOOP_H */
