@@ -79,7 +79,6 @@ struct QLFdHandler {
     void *opaque;
     QLNotifier *en;            /* set_event_notifier: cleared before io_read */
     bool internal;             /* the context's own notifier: never dispatched */
-    bool no_progress;          /* an embedding fd: its handler is not progress */
     bool deleted;              /* removed while a poll referenced it */
     bool always_ready;         /* fd the monitor cannot watch (regular file) */
     int mon_index;             /* backend private (poll: pollfd index) */
@@ -126,12 +125,6 @@ struct QLContext {
     int bad_fd;                /* [home] last fd found closed, or -1 */
     int n_always_ready;        /* [home] nodes the embedding fd cannot watch */
 
-    /* Called around a sleeping wait, inside the process-wide blocking hooks
-     * (main loop: drops the iothread lock).  [const] once polled. */
-    void (*wait_begin)(void *opaque);
-    void (*wait_end)(void *opaque);
-    void *wait_opaque;
-
     /* coroutine scheduling (csrc/co-schedule.c) */
     void *co_sched_head;       /* [atomic] LIFO of scheduled coroutines */
     QLBH *co_sched_bh;         /* [const] runs ql__co_sched_bh_cb */
@@ -174,12 +167,6 @@ void ql__virtual_clock_jump(QLContext *ctx, int64_t to);
 bool ql__in_dispatch(QLContext *ctx);
 /* Context whose callbacks the calling thread is running, or NULL. */
 QLContext *ql__dispatching(void);
-/* ql_context_poll() whose sleep is also capped at max_timeout_ns (-1: no
- * cap) - for a caller that waits on something else too (main loop). */
-int ql__context_poll_ext(QLContext *ctx, bool blocking, int64_t max_timeout_ns);
-/* Register fd in ctx like ql_context_set_fd_handler(ctx, fd, cb, NULL,
- * NULL, opaque) but the handler running does not count as progress. */
-int ql__context_set_internal_fd(QLContext *ctx, int fd, QLIOHandler *cb, void *opaque);
 /* Same as ql_context_new() with an explicit monitor ("epoll" or "poll"). */
 QLContext *ql__context_new_fdmon(const char *fdmon);
 

@@ -300,17 +300,7 @@ int ql_context_set_fd_handler(QLContext *ctx, int fd, QLIOHandler *io_read,
     node->io_flush = io_flush;
     node->opaque = opaque;
     node->en = NULL;
-    node->no_progress = false;
     return 0;
-}
-
-int ql__context_set_internal_fd(QLContext *ctx, int fd, QLIOHandler *cb, void *opaque)
-{
-    int r = ql_context_set_fd_handler(ctx, fd, cb, NULL, NULL, opaque);
-    if (r == 0 && cb) {
-        ctx->fd_table[fd]->no_progress = true;
-    }
-    return r;
 }
 
 int ql_context_set_event_notifier(QLContext *ctx, QLNotifier *n, QLIOHandler *io_read,
@@ -363,7 +353,7 @@ static int dispatch_fds(QLContext *ctx, QLFdEvent *ev, int n)
         if ((re & (POLLIN | POLLHUP | POLLERR)) && node->io_read &&
             (!node->en || ql_notifier_test_and_clear(node->en) > 0)) {
             node->io_read(node->opaque);
-            progress |= !node->no_progress;
+            progress = 1;
             if (ctx->stop_dispatch) {
                 return progress;
             }
@@ -404,7 +394,7 @@ static bool want_autojump(QLContext *ctx, int64_t real, int64_t vdeadline)
     return real < 0 || vdelay <= real;
 }
 
-static int context_poll(QLContext *ctx, bool blocking, int64_t max_timeout)
+static int context_poll(QLContext *ctx, bool blocking)
 {
     QLContext *prev_current = tl_current, *prev_dispatching = tl_dispatching;
     QLFdEvent ev[QL_POLL_BATCH];
@@ -419,12 +409,6 @@ static int context_poll(QLContext *ctx, bool blocking, int64_t max_timeout)
     /* 1. timeout */
     int64_t real = 0, vdeadline = -1;
     int64_t timeout = blocking ? compute_timeout(ctx, &real, &vdeadline) : 0;
-    if (max_timeout >= 0 && (timeout < 0 || timeout > max_timeout)) {
-        timeout = max_timeout;
-        if (real < 0 || real > max_timeout) {
-            real = max_timeout; /* for the autojump comparison */
-        }
-    }
     if (timeout != 0) {
         __atomic_fetch_add(&ctx->notify_me, 2, __ATOMIC_SEQ_CST);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
@@ -444,15 +428,7 @@ static int context_poll(QLContext *ctx, bool blocking, int64_t max_timeout)
         }
     } else if (timeout != 0) {
         void *token = ql_blocking_begin();
-        if (ctx->wait_begin) {
-            ctx->wait_begin(ctx->wait_opaque);
-        }
         nev = ctx->fdmon->wait(ctx, timeout, ev, QL_POLL_BATCH);
-        /* Retake the context's lock before the process-wide one (the GIL):
-         * a thread holding the GIL may be waiting for the former. */
-        if (ctx->wait_end) {
-            ctx->wait_end(ctx->wait_opaque);
-        }
         ql_blocking_end(token);
     } else if (ctx->fdmon->need_wait(ctx)) {
         nev = ctx->fdmon->wait(ctx, 0, ev, QL_POLL_BATCH);
@@ -494,12 +470,7 @@ static int context_poll(QLContext *ctx, bool blocking, int64_t max_timeout)
 
 int ql_context_poll(QLContext *ctx, bool blocking)
 {
-    return context_poll(ctx, blocking, -1);
-}
-
-int ql__context_poll_ext(QLContext *ctx, bool blocking, int64_t max_timeout_ns)
-{
-    return context_poll(ctx, blocking, max_timeout_ns);
+    return context_poll(ctx, blocking);
 }
 
 void ql_context_stop_dispatch(QLContext *ctx)
@@ -598,5 +569,5 @@ bool ql_context_check(QLContext *ctx)
 
 int ql_context_dispatch(QLContext *ctx)
 {
-    return context_poll(ctx, false, -1);
+    return context_poll(ctx, false);
 }

@@ -15,5 +15,6 @@
 #include "qloop/notifier.h"
 #include "qloop/context.h"
 #include "qloop/aiocb.h"
+#include "qloop/main-loop.h"
 
 #endif /* QLOOP_QLOOP_H */
