@@ -167,6 +167,29 @@ def cache_dir():
     return d
 
 
+def qloop_driver(ctx):
+    """Return (run, stop) for driving ``ctx`` like asyncio's run_forever/stop.
+
+    ``AioContext.run_forever()`` polls in C until ``stop()``; where the
+    binding lacks it, ``run`` is a Python loop over ``poll(True)`` and ``stop``
+    (call it on the loop thread, e.g. from a callback) ends it.
+    """
+    run_forever = getattr(ctx, "run_forever", None)
+    if run_forever is not None:
+        return run_forever, ctx.stop
+    flag = []
+    poll = ctx.poll
+
+    def run():
+        while not flag:
+            poll(True)
+        flag.clear()
+
+    def stop():
+        flag.append(1)
+    return run, stop
+
+
 def qloop_run(ctx, fn, *args):
     """Run ``fn(*args)`` as a qloop coroutine in ``ctx`` until it finishes.
 
@@ -178,10 +201,16 @@ def qloop_run(ctx, fn, *args):
     if run is not None:
         return run(fn, *args)
     Coroutine = qloop_api("Coroutine")
-    co = Coroutine(fn, *args)
+    run, stop = qloop_driver(ctx)
+
+    def body():
+        try:
+            return fn(*args)
+        finally:
+            stop()
+    co = Coroutine(body)
     ctx.schedule_oneshot(co.enter)
-    while not co.done:
-        ctx.poll(True)
+    run()
     return co.result()
 
 

@@ -5,14 +5,15 @@ chain: each callback, when it runs, counts and schedules itself again until
 batch: a driver schedules BATCH no-op callbacks and then itself, N/BATCH
        rounds.  One op = one no-op callback (driver runs are timed, not counted).
 
-qloop: AioContext.schedule_oneshot(cb), the loop driven by ctx.poll();
+qloop: AioContext.schedule_oneshot(cb), the loop driven by
+ctx.run_forever() (a C loop over poll) until ctx.stop();
 qloop_bh: persistent BH objects (ctx.bh(cb) made before the timed region,
 BH.schedule() per run), QEMU's usual pattern.  asyncio/uvloop: call_soon;
 gevent: hub.loop.run_callback; deque: a bare Python run queue (floor).
 """
 import sys
 
-from ._common import cli, new_aio_loop, now, qloop_api, settle
+from ._common import cli, new_aio_loop, now, qloop_api, qloop_driver, settle
 
 NAME = "callbacks"
 VARIANTS = ("chain", "batch")
@@ -75,14 +76,12 @@ def run_qloop(n, variant, opts):
     AioContext = qloop_api("AioContext")
     n = _n(n, variant)
     ctx = AioContext()
-    stop = []
-    first, check = script(variant, n, ctx.schedule_oneshot, lambda: stop.append(1))
-    poll = ctx.poll
+    run, stop = qloop_driver(ctx)
+    first, check = script(variant, n, ctx.schedule_oneshot, stop)
     settle()
     t0 = now()
     ctx.schedule_oneshot(first)
-    while not stop:
-        poll(True)
+    run()
     t1 = now()
     ctx.close()
     return {"seconds": t1 - t0, "ops": check()}
@@ -92,7 +91,7 @@ def run_qloop_bh(n, variant, opts):
     AioContext = qloop_api("AioContext")
     n = _n(n, variant)
     ctx = AioContext()
-    stop = []
+    run, stop = qloop_driver(ctx)
     # One persistent BH per distinct callback, made before the timed region.
     # batch needs BATCH distinct no-op BHs: scheduling a scheduled BH is a
     # no-op, so the driver schedules each of them once per round.
@@ -104,7 +103,7 @@ def run_qloop_bh(n, variant, opts):
             if count < n:
                 sched()
             else:
-                stop.append(1)
+                stop()
         sched = ctx.bh(cb).schedule
         expected = n
     else:
@@ -119,19 +118,17 @@ def run_qloop_bh(n, variant, opts):
         def driver():
             nonlocal rounds
             if rounds == 0:
-                stop.append(1)
+                stop()
                 return
             rounds -= 1
             for s in noops:
                 s()
             sched()
         sched = ctx.bh(driver).schedule
-    poll = ctx.poll
     settle()
     t0 = now()
     sched()
-    while not stop:
-        poll(True)
+    run()
     t1 = now()
     ctx.close()
     assert count == expected, (count, expected)

@@ -21,7 +21,7 @@ watchers (coro: hub.wait(watcher); coro_oneshot: gevent.socket.wait_read).
 import os
 import sys
 
-from ._common import cli, new_aio_loop, now, qloop_api, qloop_run, settle
+from ._common import cli, new_aio_loop, now, qloop_api, qloop_driver, qloop_run, settle
 
 NAME = "fdwatch"
 VARIANTS = ("callback", "coro", "coro_oneshot")
@@ -106,17 +106,15 @@ def run_qloop(n, variant, opts):
     AioContext = qloop_api("AioContext")
     p = _Pipes()
     ctx = AioContext()
-    poll = ctx.poll
     if variant == "callback":
-        stop = []
-        on_b, on_a, count = _callback_sides(p, n, lambda: stop.append(1))
+        run, stop = qloop_driver(ctx)
+        on_b, on_a, count = _callback_sides(p, n, stop)
         ctx.set_fd_handler(p.r1, read=on_b)
         ctx.set_fd_handler(p.r2, read=on_a)
         settle()
         t0 = now()
         os.write(p.w1, b"x")
-        while not stop:
-            poll(True)
+        run()
         t1 = now()
         ctx.set_fd_handler(p.r1, None)
         ctx.set_fd_handler(p.r2, None)

@@ -16,7 +16,7 @@ import sys
 import threading
 from functools import partial
 
-from ._common import cli, new_aio_loop, now, qloop_api, settle
+from ._common import cli, new_aio_loop, now, qloop_api, qloop_driver, settle
 
 NAME = "threadsafe_wakeup"
 VARIANTS = ()
@@ -64,18 +64,16 @@ def run_qloop(impl):
         ctx = AioContext()
         pp = _PingPong(n)
         cb = pp.make_cb()
-        stop = []
+        run, stop = qloop_driver(ctx)
         if impl == "qloop_bh":
             post = ctx.bh(cb).schedule
         else:
             post = partial(ctx.schedule_oneshot, cb)
-        th = pp.thread(post, partial(ctx.schedule_oneshot, stop.append, 1))
-        poll = ctx.poll
+        th = pp.thread(post, partial(ctx.schedule_oneshot, stop))
         settle()
         t0 = now()
         th.start()
-        while not stop:
-            poll(True)
+        run()
         t1 = now()
         th.join()
         ctx.close()

@@ -12,7 +12,7 @@ asyncio/uvloop: loop.call_later(delay_s, cb); gevent: loop.timer(delay_s).start(
 import random
 import sys
 
-from ._common import cli, new_aio_loop, now, qloop_api, settle
+from ._common import cli, new_aio_loop, now, qloop_api, qloop_driver, settle
 
 NAME = "timers"
 VARIANTS = ()
@@ -47,10 +47,9 @@ def run_qloop(n, variant, opts):
     AioContext = qloop_api("AioContext")
     delays = [int(d * 1e9) for d in delays_s(n)]   # the API's unit is ns
     ctx = AioContext()
-    stop = []
-    cb, fired = _counter(n, lambda: stop.append(1))
+    run, stop = qloop_driver(ctx)
+    cb, fired = _counter(n, stop)
     new_timer = ctx.timer
-    poll = ctx.poll
     settle()
     t0 = now()
     timers = []
@@ -60,8 +59,7 @@ def run_qloop(n, variant, opts):
         t.mod_in(d)
         keep(t)
     t_created = now()
-    while not stop:
-        poll(True)
+    run()
     t1 = now()
     assert fired() == n, fired()
     del timers
