@@ -54,7 +54,8 @@ GOALS = [
 ]
 
 UNITS = {"per_op_ns": "ns/op", "ops_per_s": "ops/s", "rss_delta_per_coro_b": "B/coro",
-         "ir_per_op": "Ir/op"}
+         "ir_per_op": "Ir/op", "calls_per_s": "calls/s"}
+HIGHER_IS_BETTER = ("ops_per_s", "calls_per_s")
 
 
 # ---- the plan ---------------------------------------------------------------
@@ -84,6 +85,47 @@ class Entry:
         return cmd + self.extra
 
 
+class ScriptWorkload:
+    """A benchmark script outside the workload protocol: bench/hot_call.py in
+    the source tree.  One process measures every impl and prints one JSON line
+    per (workload, impl).  Its impls are ranked as: qloop._core (the qloop
+    path), the cffi paths (what it is compared with), a plain Python call
+    (the floor)."""
+
+    NAME = "hot_call"
+    KINDS = {"core_noarg": "qloop", "cffi_keepgil": "peer", "cffi_release": "peer",
+             "py_call": "floor"}
+
+    def __init__(self, path):
+        self.path = path
+
+
+class ScriptEntry:
+    def __init__(self, wl, a):
+        self.wl, self.label, self.impl, self.kind = wl, wl.NAME, "(all)", "script"
+        self.metric = "per_op_ns"
+        n = 200_000 if a.quick else 1_000_000
+        secs = 0.3 if a.quick else 1.0
+        self.args = ["--n", str(max(1, int(n * a.n_scale))),
+                     "--repeat", "2" if a.quick else "5",
+                     "--seconds", "%g" % max(0.01, secs * min(1.0, a.n_scale))]
+
+    def command(self, n=None):
+        return [sys.executable, self.wl.path] + self.args
+
+
+def find_hot_call():
+    """bench/hot_call.py of the source tree qloop was installed from (editable
+    installs), or under the current directory; None if neither exists."""
+    import qloop
+    pkg = os.path.dirname(os.path.abspath(qloop.__file__))
+    for base in (os.path.dirname(pkg), os.getcwd()):
+        path = os.path.join(base, "bench", "hot_call.py")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
 def _metric(mod, variant):
     m = getattr(mod, "METRIC", "per_op_ns")
     return m[variant] if isinstance(m, dict) else m
@@ -105,7 +147,11 @@ def load_workloads(names, notes):
             spec = None
         if spec is None:
             if name == "hot_call":
-                notes.append("hot_call: not present in this build (skipped)")
+                path = find_hot_call()
+                if path:
+                    mods.append(ScriptWorkload(path))
+                else:
+                    notes.append("hot_call: bench/hot_call.py is not in this tree (skipped)")
                 continue
             raise SystemExit("qloop bench: workload module %s.%s is missing" % (PACKAGE, name))
         mod = importlib.import_module(PACKAGE + "." + name)
@@ -127,6 +173,12 @@ def make_plan(mods, a, notes):
     plan = []
     missing = {}
     for mod in mods:
+        if isinstance(mod, ScriptWorkload):
+            if a.callgrind:
+                notes.append("hot_call: not measured under callgrind (its own script)")
+            elif not a.only or "hot_call" in a.only:
+                plan.append(ScriptEntry(mod, a))
+            continue
         variants = mod.VARIANTS or (None,)
         for v in variants:
             label = mod.NAME + ("/" + v if v else "")
@@ -210,6 +262,7 @@ def run_once(cmd, timeout, env=None):
         return {"status": "failed", "reason": "no JSON result line: %r" % out[-200:]}
     rec.setdefault("status", "ok")
     rec["_stderr"] = r.stderr
+    rec["_stdout"] = r.stdout
     return rec
 
 
@@ -224,7 +277,18 @@ def run_matrix(plan, repeat, progress, timeout):
                 continue        # not implemented: no point asking again
             progress.show("rep %d/%d  %-22s %s" % (rep + 1, repeat, e.label, e.impl))
             rec = run_once(e.command(), timeout)
+            stdout = rec.pop("_stdout", "")
             rec.pop("_stderr", None)
+            if isinstance(e, ScriptEntry) and rec["status"] == "ok":
+                for line in stdout.splitlines():
+                    try:
+                        r = json.loads(line)
+                    except ValueError:
+                        continue
+                    r.update(status="ok", repeat=rep, label=r["workload"], _from=e.label)
+                    results.setdefault((r["workload"], r["impl"]), []).append(r)
+                progress.step()
+                continue
             rec["repeat"] = rep
             rec["label"], rec["impl"] = e.label, e.impl
             results.setdefault(key, []).append(rec)
@@ -286,29 +350,41 @@ def _cost(metric, value):
     """Turn a value into 'lower is better' (time-like) for ratios."""
     if value is None:
         return None
-    return 1.0 / value if metric == "ops_per_s" else value
+    return 1.0 / value if metric in HIGHER_IS_BETTER else value
 
 
 def summarise(plan, results, metric_override=None):
     """Per (label, impl): median, spread, runs, status; per label: the ratio."""
     rows, per_label = [], {}
-    seen = set()
+    cells = []     # (key, kind, metric, n) in plan order
     for e in plan:
-        key = (e.label, e.impl)
+        if isinstance(e, ScriptEntry):
+            keys = [k for k, v in results.items() if v and v[0].get("_from") == e.label]
+            for k in keys:
+                rec = results[k][0]
+                cells.append((k, e.wl.KINDS.get(k[1], "other"),
+                              "calls_per_s" if "calls_per_s" in rec else "per_op_ns",
+                              rec.get("n")))
+            if not keys:
+                cells.append(((e.label, e.impl), "script", e.metric, None))
+        else:
+            cells.append(((e.label, e.impl), e.kind, e.metric, e.n))
+    seen = set()
+    for key, kind, metric, n in cells:
         if key in seen:
             continue
         seen.add(key)
         recs = results.get(key, [])
-        metric = metric_override or e.metric
+        metric = metric_override or metric
         ok = [r for r in recs if r["status"] == "ok" and r.get(metric) is not None]
-        row = {"workload": e.label, "impl": e.impl, "kind": e.kind, "metric": metric,
-               "unit": UNITS.get(metric, metric), "runs": len(ok), "n": e.n}
+        row = {"workload": key[0], "impl": key[1], "kind": kind, "metric": metric,
+               "unit": UNITS.get(metric, metric), "runs": len(ok), "n": n}
         if ok:
             vals = [r[metric] for r in ok]
             med = statistics.median(vals)
             row.update(status="ok", median=med,
                        spread=(max(vals) - min(vals)) / med if med else 0.0,
-                       best=min(vals) if metric != "ops_per_s" else max(vals))
+                       best=max(vals) if metric in HIGHER_IS_BETTER else min(vals))
             for extra in ("handoff_ratio", "spurious_wakeups", "create_s", "mb_per_s",
                           "server_cpu_us_per_rt", "lifecycle_ns", "rss_delta_per_coro_b"):
                 xs = [r[extra] for r in ok if isinstance(r.get(extra), (int, float))]
@@ -320,10 +396,10 @@ def summarise(plan, results, metric_override=None):
         else:
             row.update(status="failed", reason=recs[-1].get("reason", "") if recs else "not run")
         rows.append(row)
-        per_label.setdefault(e.label, []).append(row)
+        per_label.setdefault(key[0], []).append(row)
     ratios = []
     for label, lrows in per_label.items():
-        q = next((r for r in lrows if r["impl"] == "qloop"), None)
+        q = next((r for r in lrows if r["kind"] == "qloop"), None)
         peers = [r for r in lrows if r["kind"] == "peer" and r["status"] == "ok"]
         best = min(peers, key=lambda r: _cost(r["metric"], r["median"])) if peers else None
         item = {"workload": label, "qloop": q, "best_peer": best["impl"] if best else None,
@@ -525,7 +601,11 @@ def main(argv=None):
             "cpus": os.cpu_count() or 1, "repeat": a.repeat, "quick": a.quick,
             "n_scale": a.n_scale, "callgrind": a.callgrind,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if not a.qemu_build and any(e.mod.NAME == "cswitch" for e in plan):
+    if any(e.label == "hot_call" for e in plan):
+        notes.append("hot_call: the qloop column is a qloop._core call (core_noarg), the "
+                     "peers are cffi calls into the same C function (GIL kept / released), "
+                     "the floor a plain Python call")
+    if not a.qemu_build and any(e.label == "cswitch" for e in plan):
         from .bench.cswitch import QEMU_ANCHOR_NS
         notes.append("cswitch: QEMU's /perf/yield is %.1f ns per enter+yield in "
                      "docs/anchors.md (QEMU 10.0.2, this kind of machine) -- not measured in "
