@@ -276,7 +276,9 @@ def run_matrix(plan, repeat, progress, timeout):
                 progress.step()
                 continue        # not implemented: no point asking again
             progress.show("rep %d/%d  %-22s %s" % (rep + 1, repeat, e.label, e.impl))
+            started = time.monotonic()
             rec = run_once(e.command(), timeout)
+            rec["process_wall_s"] = round(time.monotonic() - started, 3)
             stdout = rec.pop("_stdout", "")
             rec.pop("_stderr", None)
             if isinstance(e, ScriptEntry) and rec["status"] == "ok":
@@ -466,7 +468,7 @@ def render(rows, ratios, goals, notes, meta, callgrind=False):
     lines.append("spread = (max - min) / median.  ratio = qloop / best peer as a ratio of "
                  "TIME per operation (throughput inverted): < 1 means qloop is faster.")
     lines.append("")
-    hdr = "%-22s %-17s %14s %-7s %7s %5s  %s" % ("workload", "impl", "median", "unit",
+    hdr = "%-22s %-20s %14s %-7s %7s %5s  %s" % ("workload", "impl", "median", "unit",
                                                  "spread", "runs", "notes")
     lines.append(hdr)
     lines.append("-" * len(hdr))
@@ -483,12 +485,12 @@ def render(rows, ratios, goals, notes, meta, callgrind=False):
                            ("lifecycle_ns", "lifecycle %.1f ns")):
                 if k in r:
                     extras.append(fmt % r[k])
-            lines.append("%-22s %-17s %14s %-7s %6.0f%% %5d  %s" % (
+            lines.append("%-22s %-20s %14s %-7s %6.0f%% %5d  %s" % (
                 name, impl, _fmt(r["median"]), r["unit"], r["spread"] * 100, r["runs"],
                 " ".join(extras)))
         else:
             what = "n/a (not implemented)" if r["status"] == "n/a" else "failed"
-            lines.append("%-22s %-17s %s: %s" % (name, impl, what,
+            lines.append("%-22s %-20s %s: %s" % (name, impl, what,
                                                  (r.get("reason") or "")[:100]))
     lines.append("")
     lines.append("%-22s %22s  %-18s %8s" % ("workload", "qloop", "best peer", "ratio"))

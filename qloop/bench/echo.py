@@ -16,7 +16,8 @@ user+sys CPU over its life; ``client_cpu_s`` the client's.
 
 qloop: QIONetListener + QIOChannelSocket, one qloop.Coroutine per
 connection (read, on "would block" ch.yield_(IO_IN), write_all), driven by
-qloop.main_loop_wait().  asyncio_streams / uvloop_streams:
+qloop.main_loop_wait().  qloop_fd: Python sockets on bare AioContext fd
+handlers, callback style (the shape of an asyncio Protocol).  asyncio_streams / uvloop_streams:
 asyncio.start_server with read(65536), write, await drain();
 asyncio_protocol / uvloop_protocol: Protocol.data_received ->
 transport.write; gevent: gevent.server.StreamServer, recv / sendall.
@@ -35,7 +36,7 @@ NAME = "echo"
 VARIANTS = ("1k", "64k")
 SIZES = {"1k": 1024, "64k": 65536}
 DEFAULT_N = {"1k": 4000, "64k": 1000}
-QUICK_N = {"1k": 400, "64k": 100}
+QUICK_N = {"1k": 200, "64k": 40}
 CALLGRIND_N = None   # two processes: not measured under callgrind
 FLOORS = ()
 REQUIRES = {"uvloop_streams": "uvloop", "uvloop_protocol": "uvloop", "gevent": "gevent"}
@@ -172,6 +173,71 @@ def serve_qloop():
         main_loop_wait()
 
 
+def serve_qloop_fd():
+    """Callback server on bare AioContext fd handlers (the shape of an
+    asyncio Protocol): read handler -> recv -> send; what the socket does not
+    take is kept and written by a write handler, reading paused meanwhile."""
+    AioContext = qloop_api("AioContext")
+    ctx = AioContext()
+    set_fd_handler = ctx.set_fd_handler
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind((HOST, 0))
+    lsock.listen(1024)
+    lsock.setblocking(False)
+
+    class Conn:
+        __slots__ = ("sock", "fd", "left", "recv", "send")
+
+        def __init__(self, sock):
+            self.sock, self.fd, self.left = sock, sock.fileno(), None
+            self.recv, self.send = sock.recv, sock.send
+            set_fd_handler(self.fd, read=self.on_read)
+
+        def on_read(self):
+            try:
+                data = self.recv(CHUNK)
+            except BlockingIOError:
+                return
+            except ConnectionError:
+                data = b""
+            if not data:
+                set_fd_handler(self.fd, None)
+                self.sock.close()
+                return
+            try:
+                k = self.send(data)
+            except BlockingIOError:
+                k = 0
+            if k < len(data):
+                self.left = memoryview(data)[k:]
+                set_fd_handler(self.fd, write=self.on_write)
+
+        def on_write(self):
+            try:
+                k = self.send(self.left)
+            except BlockingIOError:
+                return
+            self.left = self.left[k:]
+            if not len(self.left):
+                self.left = None
+                set_fd_handler(self.fd, read=self.on_read)
+
+    def on_accept():
+        while True:
+            try:
+                sock, _ = lsock.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            Conn(sock)
+
+    set_fd_handler(lsock.fileno(), read=on_accept)
+    _announce(lsock.getsockname()[1])
+    ctx.run_forever()
+
+
 def serve_aio(impl):
     import asyncio
     if impl.startswith("uvloop"):
@@ -237,6 +303,8 @@ def serve(impl, max_seconds):
     try:
         if impl == "qloop":
             serve_qloop()
+        elif impl == "qloop_fd":
+            serve_qloop_fd()
         elif impl == "gevent":
             serve_gevent()
         else:
@@ -249,7 +317,7 @@ def serve(impl, max_seconds):
 
 
 IMPLS = {name: _impl(name) for name in (
-    "qloop", "asyncio_streams", "asyncio_protocol", "uvloop_streams", "uvloop_protocol",
+    "qloop", "qloop_fd", "asyncio_streams", "asyncio_protocol", "uvloop_streams", "uvloop_protocol",
     "gevent")}
 
 

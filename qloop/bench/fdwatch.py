@@ -26,7 +26,7 @@ from ._common import cli, new_aio_loop, now, qloop_api, qloop_driver, qloop_run,
 NAME = "fdwatch"
 VARIANTS = ("callback", "coro", "coro_oneshot")
 DEFAULT_N = 100_000
-QUICK_N = 20_000
+QUICK_N = 10_000
 CALLGRIND_N = 2_000
 FLOORS = ()
 REQUIRES = {"uvloop": "uvloop", "gevent": "gevent"}

@@ -21,7 +21,7 @@ from ._common import cli, new_aio_loop, now, qloop_api, rss_bytes, settle
 NAME = "spawn"
 VARIANTS = ("run", "seq", "mem")
 DEFAULT_N = 100_000
-QUICK_N = 20_000
+QUICK_N = {"run": 5_000, "seq": 5_000, "mem": 10_000}
 CALLGRIND_N = 2_000
 FLOORS = ()
 REQUIRES = {"uvloop": "uvloop", "gevent": "gevent", "greenlet": "greenlet"}

@@ -16,7 +16,7 @@ from ._common import cli, new_aio_loop, now, qloop_api, qloop_rescheduler, qloop
 NAME = "switch"
 VARIANTS = ()
 DEFAULT_N = 1_000_000
-QUICK_N = 200_000
+QUICK_N = 100_000
 CALLGRIND_N = 20_000
 FLOORS = ("generator",)
 REQUIRES = {"uvloop": "uvloop", "gevent": "gevent", "greenlet": "greenlet"}

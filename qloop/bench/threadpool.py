@@ -18,7 +18,7 @@ from ._common import cli, new_aio_loop, now, qloop_api, qloop_run, settle
 NAME = "threadpool"
 VARIANTS = ()
 DEFAULT_N = 50_000
-QUICK_N = 5_000
+QUICK_N = 3_000
 CALLGRIND_N = 500
 FLOORS = ("executor",)
 REQUIRES = {"uvloop": "uvloop", "gevent": "gevent"}

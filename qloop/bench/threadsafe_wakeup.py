@@ -21,7 +21,7 @@ from ._common import cli, new_aio_loop, now, qloop_api, qloop_driver, settle
 NAME = "threadsafe_wakeup"
 VARIANTS = ()
 DEFAULT_N = 100_000
-QUICK_N = 10_000
+QUICK_N = 5_000
 CALLGRIND_N = 2_000
 FLOORS = ("threads_lock",)
 REQUIRES = {"uvloop": "uvloop", "gevent": "gevent", "gevent_async": "gevent"}

@@ -17,7 +17,7 @@ from ._common import cli, new_aio_loop, now, qloop_api, qloop_driver, settle
 NAME = "timers"
 VARIANTS = ()
 DEFAULT_N = 200_000
-QUICK_N = 50_000
+QUICK_N = 20_000
 CALLGRIND_N = 5_000
 FLOORS = ()
 REQUIRES = {"uvloop": "uvloop", "gevent": "gevent"}
