@@ -465,8 +465,12 @@ def render(rows, ratios, goals, notes, meta, callgrind=False):
             if callgrind else "median of %d run(s) per cell, each a fresh process" % meta["repeat"])
     lines.append("qloop %s bench on %s, Python %s, %d CPU(s): %s"
                  % (meta["qloop"], meta["machine"], meta["python"], meta["cpus"], what))
-    lines.append("spread = (max - min) / median.  ratio = qloop / best peer as a ratio of "
-                 "TIME per operation (throughput inverted): < 1 means qloop is faster.")
+    if callgrind:
+        lines.append("ratio = qloop / best peer in instructions per operation: < 1 means "
+                     "qloop executes fewer.")
+    else:
+        lines.append("spread = (max - min) / median.  ratio = qloop / best peer as a ratio of "
+                     "TIME per operation (throughput inverted): < 1 means qloop is faster.")
     lines.append("")
     hdr = "%-22s %-20s %14s %-7s %7s %5s  %s" % ("workload", "impl", "median", "unit",
                                                  "spread", "runs", "notes")
@@ -537,7 +541,9 @@ def plot(path, ratios, meta, callgrind=False):
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_ylim(min(vals + [1.0]) / 1.6, max(vals + [1.0]) * 1.6)
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: "%g" % y))
+    fmt = matplotlib.ticker.FuncFormatter(lambda y, _: "%g" % round(y, 2))
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(fmt)
     ax.set_xticks(range(len(vals)))
     ax.set_xticklabels(labels, rotation=45, ha="right")
     for i, (v, it) in enumerate(zip(vals, items)):
