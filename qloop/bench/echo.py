@@ -143,26 +143,34 @@ def _announce(port):
 
 
 def serve_qloop():
-    (QIONetListener, Coroutine, IO_IN, main_loop_wait, init_main_loop) = qloop_api(
-        "QIONetListener", "Coroutine", "IO_IN", "main_loop_wait", "init_main_loop")
+    (QIONetListener, Coroutine, coroutine_self, IO_IN, main_loop_wait, init_main_loop) = qloop_api(
+        "QIONetListener", "Coroutine", "coroutine_self", "IO_IN", "main_loop_wait",
+        "init_main_loop")
     init_main_loop()
+
+    live = set()   # the connection coroutines (held like asyncio tasks)
 
     def connection(ch):
         read, write_all, wait_in = ch.read, ch.write_all, ch.yield_
-        while True:
-            data = read(CHUNK)
-            if data is None:          # would block: sleep until readable
-                wait_in(IO_IN)
-                continue
-            if not data:
-                break
-            write_all(data)
-        ch.close()
+        try:
+            while True:
+                data = read(CHUNK)
+                if data is None:          # would block: sleep until readable
+                    wait_in(IO_IN)
+                    continue
+                if not data:
+                    break
+                write_all(data)
+        finally:
+            ch.close()
+            live.discard(coroutine_self())
 
     def on_client(listener, ch):
         ch.set_delay(False)           # TCP_NODELAY
         ch.set_blocking(False)
-        Coroutine(connection, ch).enter()
+        co = Coroutine(connection, ch)
+        live.add(co)
+        co.enter()
 
     listener = QIONetListener()
     listener.open_sync((HOST, 0))
