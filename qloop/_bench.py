@@ -387,7 +387,8 @@ def summarise(plan, results, metric_override=None):
             row.update(status="ok", median=med,
                        spread=(max(vals) - min(vals)) / med if med else 0.0,
                        best=max(vals) if metric in HIGHER_IS_BETTER else min(vals))
-            for extra in ("handoff_ratio", "spurious_wakeups", "create_s", "mb_per_s",
+            for extra in ("handoff_ratio", "spurious_wakeups", "create_s", "cpu_ns_per_timer",
+                          "mb_per_s",
                           "server_cpu_us_per_rt", "lifecycle_ns", "rss_delta_per_coro_b"):
                 xs = [r[extra] for r in ok if isinstance(r.get(extra), (int, float))]
                 if xs and extra != metric:
@@ -444,8 +445,13 @@ def evaluate_goals(rows, callgrind=False):
             continue
         ref = min(cands, key=lambda c: _cost(c["metric"], c["median"]))
         ratio = qc / _cost(ref["metric"], ref["median"])
-        out.append((label, text, "%.2fx %s (time ratio)" % (ratio, ref["impl"]),
-                    "met" if ratio <= bound else "NOT met"))
+        if q["metric"] in HIGHER_IS_BETTER:
+            measured = "%.2fx %s's %s" % (1 / ratio, ref["impl"], q["unit"])
+        elif q["metric"] == "rss_delta_per_coro_b":
+            measured = "%.2fx %s's bytes" % (ratio, ref["impl"])
+        else:
+            measured = "%.2fx %s's time" % (ratio, ref["impl"])
+        out.append((label, text, measured, "met" if ratio <= bound else "NOT met"))
     return out
 
 
@@ -484,7 +490,7 @@ def render(rows, ratios, goals, notes, meta, callgrind=False):
         if r["status"] == "ok":
             extras = []
             for k, fmt in (("handoff_ratio", "handoff %.2f"), ("spurious_wakeups", "spurious %g"),
-                           ("create_s", "create %.3fs"), ("mb_per_s", "%.0f MB/s"),
+                           ("create_s", "create %.3fs"), ("cpu_ns_per_timer", "cpu %.0f ns/timer"), ("mb_per_s", "%.0f MB/s"),
                            ("server_cpu_us_per_rt", "srv %.1f us/rt"),
                            ("lifecycle_ns", "lifecycle %.1f ns")):
                 if k in r:
@@ -516,6 +522,41 @@ def render(rows, ratios, goals, notes, meta, callgrind=False):
         for n in notes:
             lines.append("note: " + n)
     return "\n".join(lines)
+
+
+def render_markdown(rows, ratios, goals, meta):
+    """The same tables as markdown (for bench/README.md)."""
+    out = ["| workload | impl | median | unit | spread | runs | notes |",
+           "|---|---|---:|---|---:|---:|---|"]
+    for r in rows:
+        impl = r["impl"] + (" (floor)" if r["kind"] == "floor" else "")
+        if r["status"] == "ok":
+            notes = []
+            for k, fmt in (("handoff_ratio", "handoff %.2f"), ("create_s", "create %.3f s"), ("cpu_ns_per_timer", "CPU %.0f ns/timer"),
+                           ("mb_per_s", "%.0f MB/s"), ("server_cpu_us_per_rt", "server %.1f us/rt"),
+                           ("lifecycle_ns", "lifecycle %.1f ns")):
+                if k in r:
+                    notes.append(fmt % r[k])
+            out.append("| %s | %s | %s | %s | %.0f%% | %d | %s |" % (
+                r["workload"], impl, _fmt(r["median"]), r["unit"], r["spread"] * 100, r["runs"],
+                ", ".join(notes)))
+        else:
+            what = "n/a (not implemented)" if r["status"] == "n/a" else "failed"
+            out.append("| %s | %s | %s | | | | %s |" % (r["workload"], impl, what,
+                                                      (r.get("reason") or "").replace("|", "/")))
+    out += ["", "| workload | qloop | best peer | ratio (time, < 1 = qloop faster) |",
+            "|---|---:|---|---:|"]
+    for it in ratios:
+        q = it["qloop"]
+        qtxt = (_fmt(q["median"]) + " " + q["unit"]) if q and q["status"] == "ok" else (
+            q["status"] if q else "-")
+        out.append("| %s | %s | %s | %s |" % (it["workload"], qtxt, it["best_peer"] or "-",
+                                              "%.2f" % it["ratio"] if it["ratio"] else "-"))
+    if goals:
+        out += ["", "| workload | goal | measured | verdict |", "|---|---|---|---|"]
+        for label, text, measured, verdict in goals:
+            out.append("| %s | %s | %s | %s |" % (label, text, measured, verdict))
+    return "\n".join(out) + "\n"
 
 
 def plot(path, ratios, meta, callgrind=False):
@@ -573,6 +614,7 @@ def parse(argv):
                    help="runs per cell, round-robin (default 3; 1 with --quick)")
     p.add_argument("--json", metavar="FILE", help="write every run and the summary here")
     p.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios (matplotlib)")
+    p.add_argument("--markdown", metavar="FILE", help="write the tables as markdown too")
     p.add_argument("--callgrind", action="store_true",
                    help="count instructions per operation under valgrind instead of timing")
     p.add_argument("--n-scale", type=float, default=1.0,
@@ -640,6 +682,9 @@ def main(argv=None):
                        "goals": [dict(zip(("workload", "goal", "measured", "verdict"), g))
                                  for g in goals],
                        "notes": notes}, f, indent=1, default=_json_default)
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write(render_markdown(rows, ratios, goals, meta))
     if a.plot:
         plot(a.plot, ratios, meta, a.callgrind)
     return 0

@@ -136,7 +136,7 @@ def test_cswitch_qemu_is_na_without_a_build():
 def test_runner_quick_callbacks(tmp_path):
     out = tmp_path / "bench.json"
     r = _run(["-m", "qloop", "bench", "--quick", "--only", "callbacks/batch", "--n-scale",
-              "0.02", "--json", str(out)], timeout=120)
+              "0.02", "--json", str(out), "--markdown", str(tmp_path / "t.md")], timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ratio" in r.stdout and "callbacks/batch" in r.stdout
     assert "callbacks/chain" not in r.stdout      # --only picks one variant
@@ -147,6 +147,8 @@ def test_runner_quick_callbacks(tmp_path):
     for row in data["rows"]:
         assert row["status"] in ("ok", "n/a"), row
     assert [it["workload"] for it in data["ratios"]] == ["callbacks/batch"]
+    md = (tmp_path / "t.md").read_text()
+    assert "| callbacks/batch | qloop |" in md
 
 
 def test_failed_run_reports_its_last_stderr_line():
@@ -193,3 +195,13 @@ def test_plot_without_matplotlib_says_so(monkeypatch, capsys, tmp_path):
     assert ok is False
     assert "matplotlib" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib")
+def test_plot_writes_a_png(tmp_path):
+    path = tmp_path / "r.png"
+    ok = _bench.plot(str(path), [{"workload": "a", "ratio": 0.5, "best_peer": "p"},
+                                 {"workload": "b", "ratio": 2.0, "best_peer": "q"},
+                                 {"workload": "c", "ratio": None, "best_peer": None}],
+                     {"qloop": "x", "python": "3"})
+    assert ok and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
