@@ -53,7 +53,7 @@ GOALS = [
     ("cswitch", "<= QEMU's /perf/yield", ("qemu",), 1.0),
 ]
 
-UNITS = {"per_op_ns": "ns/op", "ops_per_s": "ops/s", "rss_delta_per_coro_b": "B/coro",
+UNITS = {"per_op_ns": "ns/op", "cpu_per_op_ns": "cpu ns/op", "ops_per_s": "ops/s", "rss_delta_per_coro_b": "B/coro",
          "ir_per_op": "Ir/op", "calls_per_s": "calls/s"}
 HIGHER_IS_BETTER = ("ops_per_s", "calls_per_s")
 
@@ -355,7 +355,7 @@ def _cost(metric, value):
     return 1.0 / value if metric in HIGHER_IS_BETTER else value
 
 
-def summarise(plan, results, metric_override=None):
+def summarise(plan, results, metric_override=None, cpu=False):
     """Per (label, impl): median, spread, runs, status; per label: the ratio."""
     rows, per_label = [], {}
     cells = []     # (key, kind, metric, n) in plan order
@@ -378,6 +378,8 @@ def summarise(plan, results, metric_override=None):
         seen.add(key)
         recs = results.get(key, [])
         metric = metric_override or metric
+        if cpu and metric == "per_op_ns":
+            metric = "cpu_per_op_ns"
         ok = [r for r in recs if r["status"] == "ok" and r.get(metric) is not None]
         row = {"workload": key[0], "impl": key[1], "kind": kind, "metric": metric,
                "unit": UNITS.get(metric, metric), "runs": len(ok), "n": n}
@@ -387,7 +389,7 @@ def summarise(plan, results, metric_override=None):
             row.update(status="ok", median=med,
                        spread=(max(vals) - min(vals)) / med if med else 0.0,
                        best=max(vals) if metric in HIGHER_IS_BETTER else min(vals))
-            for extra in ("handoff_ratio", "spurious_wakeups", "create_s", "cpu_ns_per_timer",
+            for extra in ("handoff_ratio", "spurious_wakeups", "create_s", "cpu_per_op_ns",
                           "mb_per_s",
                           "server_cpu_us_per_rt", "lifecycle_ns", "rss_delta_per_coro_b"):
                 xs = [r[extra] for r in ok if isinstance(r.get(extra), (int, float))]
@@ -468,7 +470,8 @@ def _fmt(v):
 def render(rows, ratios, goals, notes, meta, callgrind=False):
     lines = []
     what = ("instructions per operation under callgrind (difference of two sizes)"
-            if callgrind else "median of %d run(s) per cell, each a fresh process" % meta["repeat"])
+            if callgrind else "median of %d run(s) per cell, each a fresh process%s"
+            % (meta["repeat"], ", per-op figures in process CPU time" if meta.get("cpu") else ""))
     lines.append("qloop %s bench on %s, Python %s, %d CPU(s): %s"
                  % (meta["qloop"], meta["machine"], meta["python"], meta["cpus"], what))
     if callgrind:
@@ -478,7 +481,7 @@ def render(rows, ratios, goals, notes, meta, callgrind=False):
         lines.append("spread = (max - min) / median.  ratio = qloop / best peer as a ratio of "
                      "TIME per operation (throughput inverted): < 1 means qloop is faster.")
     lines.append("")
-    hdr = "%-22s %-20s %14s %-7s %7s %5s  %s" % ("workload", "impl", "median", "unit",
+    hdr = "%-22s %-20s %14s %-9s %7s %5s  %s" % ("workload", "impl", "median", "unit",
                                                  "spread", "runs", "notes")
     lines.append(hdr)
     lines.append("-" * len(hdr))
@@ -490,12 +493,12 @@ def render(rows, ratios, goals, notes, meta, callgrind=False):
         if r["status"] == "ok":
             extras = []
             for k, fmt in (("handoff_ratio", "handoff %.2f"), ("spurious_wakeups", "spurious %g"),
-                           ("create_s", "create %.3fs"), ("cpu_ns_per_timer", "cpu %.0f ns/timer"), ("mb_per_s", "%.0f MB/s"),
+                           ("cpu_per_op_ns", "cpu %.0f ns/op"), ("create_s", "create %.3fs"), ("mb_per_s", "%.0f MB/s"),
                            ("server_cpu_us_per_rt", "srv %.1f us/rt"),
                            ("lifecycle_ns", "lifecycle %.1f ns")):
-                if k in r:
+                if k in r and k != r["metric"]:
                     extras.append(fmt % r[k])
-            lines.append("%-22s %-20s %14s %-7s %6.0f%% %5d  %s" % (
+            lines.append("%-22s %-20s %14s %-9s %6.0f%% %5d  %s" % (
                 name, impl, _fmt(r["median"]), r["unit"], r["spread"] * 100, r["runs"],
                 " ".join(extras)))
         else:
@@ -532,10 +535,10 @@ def render_markdown(rows, ratios, goals, meta):
         impl = r["impl"] + (" (floor)" if r["kind"] == "floor" else "")
         if r["status"] == "ok":
             notes = []
-            for k, fmt in (("handoff_ratio", "handoff %.2f"), ("create_s", "create %.3f s"), ("cpu_ns_per_timer", "CPU %.0f ns/timer"),
+            for k, fmt in (("handoff_ratio", "handoff %.2f"), ("cpu_per_op_ns", "CPU %.0f ns/op"), ("create_s", "create %.3f s"),
                            ("mb_per_s", "%.0f MB/s"), ("server_cpu_us_per_rt", "server %.1f us/rt"),
                            ("lifecycle_ns", "lifecycle %.1f ns")):
-                if k in r:
+                if k in r and k != r["metric"]:
                     notes.append(fmt % r[k])
             out.append("| %s | %s | %s | %s | %.0f%% | %d | %s |" % (
                 r["workload"], impl, _fmt(r["median"]), r["unit"], r["spread"] * 100, r["runs"],
@@ -615,6 +618,9 @@ def parse(argv):
     p.add_argument("--json", metavar="FILE", help="write every run and the summary here")
     p.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios (matplotlib)")
     p.add_argument("--markdown", metavar="FILE", help="write the tables as markdown too")
+    p.add_argument("--cpu", action="store_true",
+                   help="rank per-op workloads by process CPU time per op instead of wall "
+                        "time (steadier on a shared machine; every run records both)")
     p.add_argument("--callgrind", action="store_true",
                    help="count instructions per operation under valgrind instead of timing")
     p.add_argument("--n-scale", type=float, default=1.0,
@@ -649,7 +655,7 @@ def main(argv=None):
     meta = {"qloop": qloop.__version__, "python": platform.python_version(),
             "machine": "%s %s" % (platform.system(), platform.machine()),
             "cpus": os.cpu_count() or 1, "repeat": a.repeat, "quick": a.quick,
-            "n_scale": a.n_scale, "callgrind": a.callgrind,
+            "n_scale": a.n_scale, "callgrind": a.callgrind, "cpu": a.cpu,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if any(e.label == "hot_call" for e in plan):
         notes.append("hot_call: the qloop column is a qloop._core call (core_noarg), the "
@@ -671,7 +677,7 @@ def main(argv=None):
     finally:
         progress.close()
     meta["seconds"] = round(time.monotonic() - t0, 1)
-    rows, ratios = summarise(plan, results, "ir_per_op" if a.callgrind else None)
+    rows, ratios = summarise(plan, results, "ir_per_op" if a.callgrind else None, a.cpu)
     goals = evaluate_goals(rows, a.callgrind)
     print(render(rows, ratios, goals, notes, meta, a.callgrind))
     print("\n(%d runs in %.0f s)" % (sum(len(v) for v in results.values()), meta["seconds"]))

@@ -71,9 +71,18 @@ def rss_bytes():
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
+_cpu_mark = [None]
+
+
 def settle():
-    """Called right before every timed region: collect garbage (GC stays on)."""
+    """Called right before every timed region: collect garbage (GC stays on).
+
+    Also marks the process CPU time, so that measure() can report the CPU
+    spent from here to the end of the run (``cpu_per_op_ns``, all threads):
+    on a shared machine it is steadier than wall time.
+    """
     gc.collect()
+    _cpu_mark[0] = time.process_time()
 
 
 def per_variant(value, variant):
@@ -109,8 +118,10 @@ def measure(mod, impl, n=None, variant=None, **opts):
     if n is None:
         n = per_variant(mod.DEFAULT_N, variant)
     rec = {"workload": workload_label(mod, variant), "impl": impl, "n": n}
+    _cpu_mark[0] = None
     try:
         res = mod.IMPLS[impl](n, variant, opts)
+        cpu = None if _cpu_mark[0] is None else time.process_time() - _cpu_mark[0]
     except (NotAvailable, NotImplementedError) as e:
         rec.update(status="n/a", reason=str(e) or type(e).__name__)
         rec["python"] = sys.version.split()[0]
@@ -124,6 +135,8 @@ def measure(mod, impl, n=None, variant=None, **opts):
         rec["ops_per_s"] = round(ops / seconds, 1)
     elif metric != "ops_per_s":
         rec["per_op_ns"] = round(seconds / ops * 1e9, 2) if ops else None
+    if cpu is not None and ops and "server_cpu_s" not in res:
+        rec["cpu_per_op_ns"] = round(cpu / ops * 1e9, 2)
     rec["peak_rss_kb"] = res.pop("peak_rss_kb", None) or peak_rss_kb()
     rec.update(res)
     rec["python"] = sys.version.split()[0]
