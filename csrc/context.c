@@ -418,7 +418,8 @@ static int context_poll(QLContext *ctx, bool blocking)
     /* 1. timeout */
     int64_t real = 0, vdeadline = -1;
     int64_t timeout = blocking ? compute_timeout(ctx, &real, &vdeadline) : 0;
-    if (timeout != 0) {
+    bool may_sleep = timeout != 0;
+    if (may_sleep) {
         __atomic_fetch_add(&ctx->notify_me, 2, __ATOMIC_SEQ_CST);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         if (__atomic_load_n(&ctx->notified, __ATOMIC_RELAXED)) {
@@ -448,7 +449,7 @@ static int context_poll(QLContext *ctx, bool blocking)
     }
     bool drained = false;
     ret = ret ? ret : process_events(ctx, ev, nev, &drained);
-    if (timeout != 0) {
+    if (may_sleep) {
         __atomic_fetch_sub(&ctx->notify_me, 2, __ATOMIC_RELEASE);
     }
 
