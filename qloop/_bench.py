@@ -378,8 +378,8 @@ def summarise(plan, results, metric_override=None, cpu=False):
         seen.add(key)
         recs = results.get(key, [])
         metric = metric_override or metric
-        if cpu and metric == "per_op_ns":
-            metric = "cpu_per_op_ns"
+        if cpu and metric == "per_op_ns" and any("cpu_per_op_ns" in r for r in recs):
+            metric = "cpu_per_op_ns"   # (C programs and scripts have wall time only)
         ok = [r for r in recs if r["status"] == "ok" and r.get(metric) is not None]
         row = {"workload": key[0], "impl": key[1], "kind": kind, "metric": metric,
                "unit": UNITS.get(metric, metric), "runs": len(ok), "n": n}
@@ -452,7 +452,8 @@ def evaluate_goals(rows, callgrind=False):
         elif q["metric"] == "rss_delta_per_coro_b":
             measured = "%.2fx %s's bytes" % (ratio, ref["impl"])
         else:
-            measured = "%.2fx %s's time" % (ratio, ref["impl"])
+            measured = "%.2fx %s's %s" % (ratio, ref["impl"], "CPU time" if q["metric"] ==
+                                          "cpu_per_op_ns" else "time")
         out.append((label, text, measured, "met" if ratio <= bound else "NOT met"))
     return out
 
@@ -618,6 +619,9 @@ def parse(argv):
     p.add_argument("--json", metavar="FILE", help="write every run and the summary here")
     p.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios (matplotlib)")
     p.add_argument("--markdown", metavar="FILE", help="write the tables as markdown too")
+    p.add_argument("--from-json", metavar="FILE",
+                   help="run nothing: summarise the runs saved by an earlier --json (e.g. "
+                        "again with --cpu, or as --markdown / --plot)")
     p.add_argument("--cpu", action="store_true",
                    help="rank per-op workloads by process CPU time per op instead of wall "
                         "time (steadier on a shared machine; every run records both)")
@@ -647,8 +651,15 @@ def main(argv=None):
     if a.callgrind and not _which("valgrind"):
         sys.stderr.write("qloop bench: --callgrind needs valgrind on PATH\n")
         return 2
+    saved = None
+    if a.from_json:
+        with open(a.from_json) as f:
+            saved = json.load(f)
+        a.callgrind = bool(saved["meta"].get("callgrind"))
     mods = load_workloads(a.only, notes)
     plan = make_plan(mods, a, notes)
+    if saved is not None:
+        plan = _plan_for_saved(plan, saved, a)
     if not plan:
         sys.stderr.write("qloop bench: nothing to run (check --only)\n")
         return 2
@@ -666,22 +677,28 @@ def main(argv=None):
         notes.append("cswitch: QEMU's /perf/yield is %.1f ns per enter+yield in "
                      "docs/anchors.md (QEMU 10.0.2, this kind of machine) -- not measured in "
                      "this run (give --qemu-build PATH to measure it)" % QEMU_ANCHOR_NS)
-    t0 = time.monotonic()
-    total = len(plan) * (1 if a.callgrind else a.repeat)
-    progress = Progress(total)
-    try:
-        if a.callgrind:
-            results = run_callgrind(plan, progress, a.timeout)
-        else:
-            results = run_matrix(plan, a.repeat, progress, a.timeout)
-    finally:
-        progress.close()
-    meta["seconds"] = round(time.monotonic() - t0, 1)
+    if saved is not None:
+        meta = dict(saved["meta"], cpu=a.cpu)
+        results = {}
+        for r in saved["runs"]:
+            results.setdefault((r.get("label") or r["workload"], r["impl"]), []).append(r)
+    else:
+        t0 = time.monotonic()
+        total = len(plan) * (1 if a.callgrind else a.repeat)
+        progress = Progress(total)
+        try:
+            if a.callgrind:
+                results = run_callgrind(plan, progress, a.timeout)
+            else:
+                results = run_matrix(plan, a.repeat, progress, a.timeout)
+        finally:
+            progress.close()
+        meta["seconds"] = round(time.monotonic() - t0, 1)
     rows, ratios = summarise(plan, results, "ir_per_op" if a.callgrind else None, a.cpu)
     goals = evaluate_goals(rows, a.callgrind)
     print(render(rows, ratios, goals, notes, meta, a.callgrind))
     print("\n(%d runs in %.0f s)" % (sum(len(v) for v in results.values()), meta["seconds"]))
-    if a.json:
+    if a.json and saved is None:
         with open(a.json, "w") as f:
             json.dump({"meta": meta, "runs": [r for v in results.values() for r in v],
                        "rows": rows, "ratios": [_ratio_json(it) for it in ratios],
@@ -694,6 +711,21 @@ def main(argv=None):
     if a.plot:
         plot(a.plot, ratios, meta, a.callgrind)
     return 0
+
+
+def _plan_for_saved(plan, saved, a):
+    """The plan of a saved run: the cells of this build's plan that the file
+    has runs for, plus hot_call and cswitch/qemu if the file has them."""
+    keys = {(r.get("label") or r["workload"], r["impl"]) for r in saved["runs"]}
+    out = [e for e in plan if isinstance(e, ScriptEntry) or (e.label, e.impl) in keys]
+    froms = {r.get("_from") for r in saved["runs"]}
+    if "hot_call" in froms and not any(isinstance(e, ScriptEntry) for e in out):
+        out.append(ScriptEntry(ScriptWorkload(None), a))
+    if ("cswitch", "qemu") in keys and not any(e.label == "cswitch" and e.impl == "qemu"
+                                                for e in out):
+        from .bench import cswitch
+        out.append(Entry(cswitch, None, "qemu", 0))
+    return out
 
 
 def _ratio_json(it):

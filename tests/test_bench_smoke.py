@@ -205,3 +205,11 @@ def test_plot_writes_a_png(tmp_path):
                                  {"workload": "c", "ratio": None, "best_peer": None}],
                      {"qloop": "x", "python": "3"})
     assert ok and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not _bench._which("valgrind"), reason="needs valgrind")
+def test_callgrind_counts_instructions(tmp_path):
+    rec, ir = _bench._callgrind_ir(["/bin/echo", '{"ops": 5}'], 60, str(tmp_path))
+    assert rec["status"] == "ok" and rec["ops"] == 5
+    assert isinstance(ir, int) and ir > 1000
+    assert list(tmp_path.iterdir()) == []        # the callgrind output file is removed
