@@ -38,11 +38,12 @@ enum {
  * lock) owns every field.
  */
 typedef struct QLCoStack {
+    void *sp;                   /* asm backend: saved stack pointer (offset 0:
+                                 * coroutine-asm.c relies on it) */
     void *base;                 /* lowest usable byte (just above the guard) */
     size_t size;                /* usable bytes */
     struct QLCoStack *next;     /* free-list link while pooled */
     QLCoroutine *co;            /* coroutine to start (ucontext trampoline) */
-    void *sp;                   /* asm backend: saved stack pointer */
     bool started;               /* backend set up this stack (stack_init) */
     bool fresh;                 /* ucontext: next switch starts the trampoline */
     bool hot;                   /* pages possibly resident (not MADV_DONTNEED'ed) */
