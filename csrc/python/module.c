@@ -10,6 +10,7 @@
 #include <Python.h>
 
 #include "glue.h"
+#include "pycoro.h"
 
 long qlpy_blocked_sections(void);
 int qlpy_gil_state_while_blocked(void);
@@ -69,5 +70,9 @@ PyMODINIT_FUNC PyInit__core(void)
         return NULL;
     }
     qlpy_install_blocking_hooks();
+    if (qlpy_coroutine_init(m) < 0 || qlpy_colock_init(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }
