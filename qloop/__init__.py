@@ -31,6 +31,18 @@ _core = _load_core()
 
 from ._errors import check_errno  # noqa: E402
 from .notifier import EventNotifier  # noqa: E402
+from .coroutine import (  # noqa: E402
+    CoMutex,
+    CoQueue,
+    CoRwlock,
+    Coroutine,
+    CoroutineExit,
+    co_sleep_ns,
+    co_wake,
+    coroutine_self,
+    coroutine_yield,
+    in_coroutine,
+)
 
 __version__ = ffi.string(lib.ql_version()).decode()
 
@@ -58,11 +70,21 @@ def get_pkgconfig_dir():
 
 
 __all__ = [
+    "CoMutex",
+    "CoQueue",
+    "CoRwlock",
+    "Coroutine",
+    "CoroutineExit",
     "EventNotifier",
     "check_errno",
+    "co_sleep_ns",
+    "co_wake",
+    "coroutine_self",
+    "coroutine_yield",
     "ffi",
     "get_include",
     "get_library_dir",
     "get_pkgconfig_dir",
+    "in_coroutine",
     "lib",
 ]

@@ -43,6 +43,10 @@
 
 PyObject *qlpy_CoroutineExit;
 
+/* Sleeping needs the AioContext core (co-sleep.c); until it is linked in,
+ * co_sleep_ns() reports that it is unavailable. */
+int ql_co_sleep_ns(QLClockType clock, int64_t ns) __attribute__((weak));
+
 /* ---- per-thread bookkeeping ------------------------------------------ */
 
 struct QLPyThread {
@@ -550,7 +554,7 @@ static PyObject *co_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyObject *key, *value;
         Py_ssize_t pos = 0;
         while (PyDict_Next(kwds, &pos, &key, &value)) {
-            if (!PyUnicode_Check(key) || !PyUnicode_EqualToASCIIString(key, "stack_size")) {
+            if (!PyUnicode_Check(key) || PyUnicode_CompareWithASCIIString(key, "stack_size") != 0) {
                 PyErr_Format(PyExc_TypeError,
                              "Coroutine() got an unexpected keyword argument '%S'", key);
                 return NULL;
@@ -1089,6 +1093,11 @@ static PyObject *mod_co_sleep_ns(PyObject *m, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError,
                      "co_sleep_ns() argument 'clock' must be CLOCK_REALTIME, CLOCK_VIRTUAL "
                      "or CLOCK_HOST, got %d", clock);
+        return NULL;
+    }
+    if (!ql_co_sleep_ns) {
+        PyErr_SetString(PyExc_NotImplementedError,
+                        "co_sleep_ns(): this build has no AioContext core");
         return NULL;
     }
     QLPyCoroutine *self = qlpy_wait_begin("co_sleep_ns()");
