@@ -83,6 +83,10 @@ struct QLCoroutine {
     size_t stack_size;          /* requested usable size */
     QLCoStack *stack;           /* NULL for the leader and once finished */
     void *user_data;
+    /* Switch hooks (ql_coroutine_set_switch_hooks), run on this coroutine's
+     * stack by ql__coroutine_yield(); set by the thread that owns it. */
+    QLCoroutineSwitchHook *hook_leave;
+    QLCoroutineSwitchHook *hook_resume;
     QLCoroutine *pool_next;     /* free-list link while pooled */
 #ifdef QL_CO_ASAN
     const void *asan_bottom;    /* stack bounds for the fiber annotations */

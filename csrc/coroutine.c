@@ -342,8 +342,15 @@ static inline void co_yield(QLCoThread *t)
     QLCoroutine *self = t->current;
     QLCoroutine *to = self->caller;
 
+    if (self->hook_leave) {
+        self->hook_leave(self, self->user_data);
+    }
     self->caller = NULL;
     co_switch(t, self, to, QL_CO_YIELD);
+    /* Re-entered: `self` is still us (a local of our own stack). */
+    if (self->hook_resume) {
+        self->hook_resume(self, self->user_data);
+    }
 }
 
 void ql__coroutine_yield(void)
@@ -419,4 +426,11 @@ void ql_coroutine_set_user_data(QLCoroutine *co, void *data)
 void *ql_coroutine_get_user_data(QLCoroutine *co)
 {
     return co->user_data;
+}
+
+void ql_coroutine_set_switch_hooks(QLCoroutine *co, QLCoroutineSwitchHook *leave,
+                                   QLCoroutineSwitchHook *resume)
+{
+    co->hook_leave = leave;
+    co->hook_resume = resume;
 }

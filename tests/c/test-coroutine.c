@@ -453,6 +453,63 @@ static void *enter_in_thread(void *co)
     return (void *)(intptr_t)r;
 }
 
+/* ---- switch hooks ----------------------------------------------------- */
+
+static void hook_leave(QLCoroutine *co, void *user_data)
+{
+    QL_CHECK(ql_coroutine_self() == co); /* still on the coroutine's side */
+    QL_CHECK(user_data == &order);
+    mark('L');
+}
+
+static void hook_resume(QLCoroutine *co, void *user_data)
+{
+    QL_CHECK(ql_coroutine_self() == co);
+    QL_CHECK(user_data == &order);
+    mark('R');
+}
+
+static QLCoMutex *hook_mutex;
+
+static void co_hooked(void *opaque)
+{
+    (void)opaque;
+    mark('a');
+    ql_coroutine_yield();
+    mark('b');
+    ql_co_mutex_lock(hook_mutex); /* waits: held by the test's other coroutine */
+    mark('c');
+    ql_co_mutex_unlock(hook_mutex);
+}
+
+static void co_hold_mutex(void *opaque)
+{
+    (void)opaque;
+    ql_co_mutex_lock(hook_mutex);
+    ql_coroutine_yield();
+    ql_co_mutex_unlock(hook_mutex);
+}
+
+static void test_coroutine_switch_hooks_run_around_every_yield(void)
+{
+    QLCoroutine *holder, *co;
+
+    reset_order();
+    hook_mutex = ql_co_mutex_new();
+    holder = ql_coroutine_create(co_hold_mutex, NULL);
+    ql_coroutine_enter(holder); /* takes the mutex, yields; no hooks set */
+    co = ql_coroutine_create(co_hooked, NULL);
+    ql_coroutine_set_user_data(co, &order);
+    ql_coroutine_set_switch_hooks(co, hook_leave, hook_resume);
+    ql_coroutine_enter(co);     /* first entry: no resume hook */
+    QL_CHECK(strcmp(order, "aL") == 0);
+    ql_coroutine_enter(co);     /* resumes, then waits for the mutex */
+    QL_CHECK(strcmp(order, "aLRbL") == 0);
+    ql_coroutine_enter(holder); /* unlock hands over; co runs and ends */
+    QL_CHECK(strcmp(order, "aLRbLRc") == 0); /* no hook at termination */
+    ql_co_mutex_free(hook_mutex);
+}
+
 static void test_coroutine_resumes_in_entering_thread(void)
 {
     struct migrate m;
@@ -700,6 +757,7 @@ QLTEST_MAIN(QLT(test_coroutine_backend_is_named),
             QLT(test_coroutine_wake_from_coroutine_runs_after_yield_depth_first),
             QLT(test_coroutine_wake_outside_coroutine_enters_now),
             QLT(test_coroutine_wakeups_chain_without_stack_growth),
+            QLT(test_coroutine_switch_hooks_run_around_every_yield),
             QLT(test_coroutine_resumes_in_entering_thread),
             QLT(test_coroutine_threads_run_their_own_coroutines),
             QLT(test_coroutine_lifecycle_reuses_stacks),
