@@ -54,6 +54,7 @@ from .mainloop import (  # noqa: E402
     iothread_lock,
     main_loop_wait,
     notify_event,
+    run,
     set_fd_handler,
 )
 from .coroutine import (  # noqa: E402
@@ -131,6 +132,7 @@ __all__ = [
     "lib",
     "main_loop_wait",
     "notify_event",
+    "run",
     "set_fd_handler",
     "Timer",
     "VirtualClock",

@@ -1028,35 +1028,37 @@ static PyObject *mod_in_coroutine(PyObject *m, PyObject *Py_UNUSED(unused))
     return PyBool_FromLong(ql_in_coroutine());
 }
 
-static PyObject *mod_co_wake(PyObject *m, PyObject *arg)
+/* Wake co (ctx == NULL: where it last ran, QEMU's aio_co_wake) or schedule it
+ * in ctx's next poll (QEMU's aio_co_schedule).  `what` names the caller in
+ * error messages. */
+static PyObject *wake_or_schedule(PyObject *arg, QLContext *ctx, const char *what)
 {
-    (void)m;
     if (!PyObject_TypeCheck(arg, &QLPyCoroutine_Type)) {
-        PyErr_Format(PyExc_TypeError, "co_wake() argument 'co' must be qloop.Coroutine, not %.100s",
-                     Py_TYPE(arg)->tp_name);
+        PyErr_Format(PyExc_TypeError, "%s argument 'co' must be qloop.Coroutine, not %.100s",
+                     what, Py_TYPE(arg)->tp_name);
         return NULL;
     }
     QLPyCoroutine *co = (QLPyCoroutine *)arg;
     if (co->state == QLPY_CO_DONE) {
-        PyErr_SetString(PyExc_RuntimeError, "co_wake(): the coroutine has finished");
+        PyErr_Format(PyExc_RuntimeError, "%s: the coroutine has finished", what);
         return NULL;
     }
     if (co->blocked) {
         PyErr_Format(PyExc_RuntimeError,
-                     "co_wake(): the coroutine is waiting in %s and is woken by it", co->blocked);
+                     "%s: the coroutine is waiting in %s and is woken by it", what, co->blocked);
         return NULL;
     }
     if (co->state == QLPY_CO_RUNNING) {
-        PyErr_SetString(PyExc_RuntimeError, "co_wake(): the coroutine is already running");
+        PyErr_Format(PyExc_RuntimeError, "%s: the coroutine is already running", what);
         return NULL;
     }
     Py_INCREF(co); /* pinned until it runs */
     co->pins++;
-    int r = ql_co_wake(co->co);
+    int r = ctx ? ql_co_schedule(ctx, co->co) : ql_co_wake(co->co);
     if (r < 0) {
         co->pins--;
         Py_DECREF(co);
-        return qlpy_co_error(r, "co_wake()");
+        return qlpy_co_error(r, what);
     }
     if (co->state != QLPY_CO_NEW && !co->pins) {
         drop_held(co); /* it ran already; we hold a reference to it */
@@ -1065,6 +1067,17 @@ static PyObject *mod_co_wake(PyObject *m, PyObject *arg)
         qlpy_coroutine_service();
     }
     Py_RETURN_NONE;
+}
+
+static PyObject *mod_co_wake(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    return wake_or_schedule(arg, NULL, "co_wake()");
+}
+
+PyObject *qlpy_co_schedule(QLContext *ctx, PyObject *co)
+{
+    return wake_or_schedule(co, ctx, "co_schedule()");
 }
 
 static PyObject *mod_co_sleep_ns(PyObject *m, PyObject *args, PyObject *kwds)

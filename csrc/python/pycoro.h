@@ -82,6 +82,9 @@ PyObject *qlpy_co_error(int err, const char *what);
 /* Release deferred references and unwind coroutines queued for killing. */
 void qlpy_coroutine_service(void);
 
+/* AioContext.co_schedule(co): run co in ctx's next poll (any thread). */
+PyObject *qlpy_co_schedule(QLContext *ctx, PyObject *co);
+
 int qlpy_colock_init(PyObject *m);
 int qlpy_coroutine_init(PyObject *m);
 
