@@ -13,5 +13,7 @@
 #include "qloop/version.h"
 #include "qloop/blocking.h"
 #include "qloop/notifier.h"
+#include "qloop/context.h"
+#include "qloop/thread-pool.h"
 
 #endif /* QLOOP_QLOOP_H */
