@@ -129,15 +129,15 @@ int ql_notifier_wait(QLNotifier *n, long long timeout_ns)
         ts.tv_nsec = timeout_ns % 1000000000LL;
         tsp = &ts;
     }
-    int r;
+    /* No retry on EINTR here: the caller decides.  The Python binding must
+     * get control back to run its signal handlers (and KeyboardInterrupt),
+     * then retries with the time left. */
     void *token = ql_blocking_begin();
-    do {
-        r = ppoll(&p, 1, tsp, NULL);
-    } while (r < 0 && errno == EINTR && tsp == NULL);
+    int r = ppoll(&p, 1, tsp, NULL);
     int err = errno;
     ql_blocking_end(token);
     if (r < 0) {
-        return err == EINTR ? 0 : -err;
+        return -err;
     }
     return r > 0;
 }

@@ -75,7 +75,7 @@ class AioContext(_core.AioContext):
     def set_event_notifier(self, notifier, read=None, flush=None):
         """Call ``read(notifier)`` when the :class:`EventNotifier` is set.
 
-        The handler should clear it (``notifier.test_and_clear()``).  ``flush``
+        The context clears the notifier before calling ``read``.  ``flush``
         is QEMU's io_flush.  ``read=None, flush=None`` removes the handler.
         """
         from .notifier import EventNotifier

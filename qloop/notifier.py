@@ -1,6 +1,11 @@
 """qloop.EventNotifier: a pollable flag that any thread or signal handler sets."""
+import errno as _errno
+import time
+
 from ._errors import check_errno
 from ._qloop import ffi, lib
+
+_EINTR = _errno.EINTR
 
 
 class EventNotifier:
@@ -49,11 +54,21 @@ class EventNotifier:
         """
         if timeout is None:
             ns = -1
+            deadline = None
         else:
             if timeout < 0:
                 raise ValueError("timeout must be >= 0 or None, not %r" % (timeout,))
             ns = int(timeout * 1e9)
-        return bool(check_errno(lib.ql_notifier_wait(self._live(), ns)))
+            deadline = time.monotonic_ns() + ns
+        while True:
+            r = lib.ql_notifier_wait(self._live(), ns)
+            if r != -_EINTR:
+                return bool(check_errno(r))
+            # A signal interrupted the wait.  Python runs its handlers (which
+            # may raise, e.g. KeyboardInterrupt) at the loop's back edge; then
+            # wait again for the time left (PEP 475).
+            if deadline is not None:
+                ns = max(0, deadline - time.monotonic_ns())
 
     def fileno(self):
         return lib.ql_notifier_fd(self._live())

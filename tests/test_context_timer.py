@@ -135,7 +135,8 @@ def test_timer_dropped_while_armed_still_fires(vctx):
     fired = []
     vctx.timer(fired.append, 1, clock=CLOCK_VIRTUAL).mod_in(MS)
     gc.collect()
-    vctx.poll()
+    while not fired:
+        vctx.poll()
     assert fired == [1]
 
 
@@ -205,7 +206,8 @@ def test_timer_exception_raised_by_poll(vctx):
 
     vctx.timer(boom, clock=CLOCK_VIRTUAL).mod_in(MS)
     with pytest.raises(KeyError):
-        vctx.poll()
+        while True:
+            vctx.poll()
 
 
 def test_one_million_pending_timers_work():

@@ -9,6 +9,7 @@
 #include "pycontext.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 
 struct BHObject {
@@ -25,7 +26,9 @@ struct BHObject {
 static void bh_run(void *opaque)
 {
     BHObject *self = opaque;
-    qlpy_call_callback(self->ctx, self->cb, self->args);
+    if (self->cb) {
+        qlpy_call_callback(self->ctx, self->cb, self->args);
+    }
 }
 
 static void bh_dequeued(void *opaque)
@@ -65,6 +68,9 @@ static void bh_release(BHObject *self)
         ql_bh_set_dequeue_hook(bh, NULL);
     }
     ql_bh_delete(bh);
+    /* It can never run again: let go of what it would have called. */
+    Py_CLEAR(self->cb);
+    Py_CLEAR(self->args);
 }
 
 static int parse_cb(PyObject *const *args, Py_ssize_t nargs, const char *fname, PyObject **cb,

@@ -11,6 +11,7 @@
 #include "glue.h"
 
 #include <errno.h>
+#include <stddef.h>
 
 /* Wrappers of contexts we do not own (main, iohandler), one per QLContext. */
 static PyObject *foreign_wrappers; /* dict: address -> weakref(ContextObject) */

@@ -72,7 +72,12 @@ static void defer(ContextObject *ctx, PyObject *exc)
         return;
     }
     f->exc = exc;
-    if (f->ctx && f->ctx->ctx) {
+    /* Stop the dispatch that ran the callback (it may be another context
+     * than the frame's, e.g. the iohandler context under main_loop_wait). */
+    if (ctx && ctx->ctx) {
+        ql_context_stop_dispatch(ctx->ctx);
+    }
+    if (f->ctx && f->ctx->ctx && f->ctx != ctx) {
         ql_context_stop_dispatch(f->ctx->ctx);
     }
 }
@@ -93,12 +98,16 @@ void qlpy_defer_exception(PyObject *exc)
 void qlpy_call_callback(ContextObject *ctx, PyObject *cb, PyObject *args)
 {
     PyObject *r;
+    Py_INCREF(cb); /* the callback may drop the last other reference to itself */
+    Py_XINCREF(args);
     if (args) {
         r = PyObject_Vectorcall(cb, &PyTuple_GET_ITEM(args, 0),
                                 (size_t)PyTuple_GET_SIZE(args), NULL);
     } else {
         r = PyObject_CallNoArgs(cb);
     }
+    Py_DECREF(cb);
+    Py_XDECREF(args);
     if (r) {
         Py_DECREF(r);
     } else {

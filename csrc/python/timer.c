@@ -8,6 +8,7 @@
 #include "pycontext.h"
 
 #include <errno.h>
+#include <stddef.h>
 
 int qlpy_parse_clock(PyObject *obj, QLClockType *out);
 int qlpy_parse_ns(PyObject *obj, const char *argname, int64_t *out);

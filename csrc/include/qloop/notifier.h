@@ -53,7 +53,9 @@ int ql_notifier_test_and_clear(QLNotifier *n);
 
 /* Block until the notifier is set or `timeout_ns` passes (negative: no
  * limit).  Does not clear it.  Returns 1 if set, 0 on timeout, -EBADF once
- * closed.  Brackets the wait with ql_blocking_begin()/end().  Any thread. */
+ * closed, -EINTR if a signal handler interrupted the wait (not retried: the
+ * caller runs its own signal handling, then calls again with the time left).
+ * Brackets the wait with ql_blocking_begin()/end().  Any thread. */
 int ql_notifier_wait(QLNotifier *n, long long timeout_ns);
 
 /* The fd to poll for readability, or -EBADF once closed. */
