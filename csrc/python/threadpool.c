@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 
 typedef struct ThreadPoolObject {
     PyObject_HEAD
