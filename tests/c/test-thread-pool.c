@@ -178,6 +178,14 @@ static void *count_begin(void)
     __atomic_add_fetch(&hook_begins, 1, __ATOMIC_SEQ_CST);
     return &hook_begins;
 }
+
+/* Opens the gate when the pool's shutdown starts waiting: by then queued
+ * requests have been cancelled, so the test is deterministic. */
+static void *open_gate_begin(void)
+{
+    gate_set_open();
+    return count_begin();
+}
 static void count_end(void *token)
 {
     (void)token;
@@ -376,14 +384,6 @@ static void test_thread_pool_idle_workers_exit_down_to_min(void)
     ql_context_free(ctx);
 }
 
-static void *open_gate_later(void *arg)
-{
-    (void)arg;
-    nap_ms(20);
-    gate_set_open();
-    return NULL;
-}
-
 static void test_thread_pool_free_waits_running_cancels_queued_joins_workers(void)
 {
     gate_reset();
@@ -400,13 +400,10 @@ static void test_thread_pool_free_waits_running_cancels_queued_joins_workers(voi
     }
     QL_CHECK(wait_entered(2));
     QL_CHECK_EQ(count_tasks(), tasks_before + 2);
-    pthread_t opener;
-    pthread_create(&opener, NULL, open_gate_later, NULL);
     hook_begins = hook_ends = 0;
-    ql_set_blocking_hooks(count_begin, count_end);
+    ql_set_blocking_hooks(open_gate_begin, count_end);
     ql_thread_pool_free(pool);
     ql_set_blocking_hooks(NULL, NULL);
-    pthread_join(opener, NULL);
     QL_CHECK(hook_begins >= 1);
     QL_CHECK_EQ(hook_begins, hook_ends);
     for (int i = 0; i < 5; i++) {
@@ -436,8 +433,10 @@ static void test_thread_pool_context_free_shuts_down_its_pools(void)
     gate_reset();
     int tasks_before = count_tasks();
     QLContext *ctx = ql_context_new();
-    QLThreadPool *def = ql_context_thread_pool(ctx);
+    /* Pools are shut down newest first: def's shutdown, which opens the
+     * gate through the blocking hook, comes before own's. */
     QLThreadPool *own = ql_thread_pool_new(ctx);
+    QLThreadPool *def = ql_context_thread_pool(ctx);
     QL_CHECK(def && own && def != own);
     QL_CHECK_EQ(ql_thread_pool_set_sizes(def, 0, 1), 0);
     Job a = {.id = 0, .ret = 1, .gated = 1}, b = {.id = 1, .ret = 2};
@@ -447,10 +446,9 @@ static void test_thread_pool_context_free_shuts_down_its_pools(void)
     QL_CHECK(ql_thread_pool_submit(def, work, &a, done_cb, &a));
     QL_CHECK(ql_thread_pool_submit(def, work, &b, done_cb, &b));
     QL_CHECK(wait_entered(2));
-    pthread_t opener;
-    pthread_create(&opener, NULL, open_gate_later, NULL);
+    ql_set_blocking_hooks(open_gate_begin, count_end);
     ql_context_free(ctx);
-    pthread_join(opener, NULL);
+    ql_set_blocking_hooks(NULL, NULL);
     QL_CHECK_EQ(a.calls, 1);
     QL_CHECK_EQ(a.got, 1);
     QL_CHECK_EQ(b.calls, 1);
