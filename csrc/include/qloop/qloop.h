@@ -15,5 +15,6 @@
 #include "qloop/notifier.h"
 #include "qloop/context.h"
 #include "qloop/thread-pool.h"
+#include "qloop/task.h"
 
 #endif /* QLOOP_QLOOP_H */
