@@ -50,6 +50,20 @@ from .threadpool import (  # noqa: E402
     run_in_thread,
 )
 from .task import QIOTask  # noqa: E402
+from .mainloop import (  # noqa: E402
+    add_child_watch,
+    add_polling_cb,
+    aio_flush,
+    aio_wait,
+    del_polling_cb,
+    get_aio_context,
+    get_iohandler_context,
+    init_main_loop,
+    iothread_lock,
+    main_loop_wait,
+    notify_event,
+    set_fd_handler,
+)
 
 __version__ = ffi.string(lib.ql_version()).decode()
 
@@ -92,6 +106,18 @@ __all__ = [
     "ThreadPoolRequest",
     "Timer",
     "VirtualClock",
+    "add_child_watch",
+    "add_polling_cb",
+    "aio_flush",
+    "aio_wait",
+    "del_polling_cb",
+    "get_aio_context",
+    "get_iohandler_context",
+    "init_main_loop",
+    "iothread_lock",
+    "main_loop_wait",
+    "notify_event",
+    "set_fd_handler",
     "check_errno",
     "ffi",
     "get_include",

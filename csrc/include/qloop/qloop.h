@@ -16,5 +16,7 @@
 #include "qloop/context.h"
 #include "qloop/thread-pool.h"
 #include "qloop/task.h"
+#include "qloop/aiocb.h"
+#include "qloop/main-loop.h"
 
 #endif /* QLOOP_QLOOP_H */
