@@ -273,3 +273,15 @@ def test_bad_arguments(ctx):
     task = qloop.QIOTask(Source(), print, context=ctx)
     with pytest.raises(TypeError, match="worker"):
         task.run_in_thread(5)
+
+
+def test_default_context_is_the_main_context():
+    seen = []
+    task = qloop.QIOTask(Source(), lambda t: seen.append((t.result, threading.get_ident())))
+    assert task.context is qloop.get_aio_context()
+    task.run_in_thread(pow, 2, 10)
+    deadline = time.monotonic() + TIMEOUT
+    while not seen:
+        assert time.monotonic() < deadline
+        qloop.main_loop_wait()
+    assert seen == [(1024, threading.get_ident())]

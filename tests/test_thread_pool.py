@@ -472,3 +472,16 @@ def test_run_in_thread_from_many_coroutines(ctx):
         return body
 
     assert run_coroutines(ctx, *[make(i) for i in range(50)]) == [5 * i for i in range(50)]
+
+
+def test_pool_without_context_delivers_into_the_main_context():
+    pool = qloop.get_thread_pool()
+    assert pool.context is qloop.get_aio_context()
+    with qloop.ThreadPool() as own:
+        assert own.context is qloop.get_aio_context()
+    req = pool.submit(abs, -3)
+    deadline = time.monotonic() + TIMEOUT
+    while not req.done:
+        assert time.monotonic() < deadline
+        qloop.main_loop_wait()
+    assert req.result() == 3
