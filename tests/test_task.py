@@ -285,3 +285,18 @@ def test_default_context_is_the_main_context():
         assert time.monotonic() < deadline
         qloop.main_loop_wait()
     assert seen == [(1024, threading.get_ident())]
+
+
+def test_wait_thread_from_the_worker_itself_is_refused(ctx):
+    out = []
+
+    def worker():
+        try:
+            task.wait_thread()
+        except RuntimeError as e:
+            out.append(str(e))
+
+    task = qloop.QIOTask(Source(), lambda t: None, context=ctx)
+    task.run_in_thread(worker)
+    poll_until(ctx, lambda: task.done)
+    assert out and "own worker" in out[0]
