@@ -4,6 +4,7 @@
 #include "qloop/blocking.h"
 #include "qloop/context.h"
 #include "qloop/thread-pool.h"
+#include "qloop/qemu-compat.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -596,6 +597,26 @@ static void test_thread_pool_submit_from_other_thread_completes_in_home(void)
     ql_context_free(ctx);
 }
 
+/* QEMU's names from qloop/qemu-compat.h reach the current context's pool. */
+static void test_thread_pool_qemu_compat_names_use_current_context(void)
+{
+    QLContext *ctx = ql_context_new();
+    ql_context_set_current(ctx);
+    QL_CHECK(aio_get_thread_pool(ctx) == ql_context_thread_pool(ctx));
+    Job a = {.id = 0, .ret = 9};
+    int ran = 0;
+    QL_CHECK(thread_pool_submit_aio(work, &a, done_cb, &a) != NULL);
+    thread_pool_submit(count_only, &ran);
+    QLThreadPool *pool = ql_context_thread_pool(ctx);
+    while (a.calls == 0 || ql_thread_pool_num_in_flight(pool) > 0) {
+        ql_context_poll(ctx, true);
+    }
+    QL_CHECK_EQ(a.got, 9);
+    QL_CHECK_EQ(__atomic_load_n(&ran, __ATOMIC_RELAXED), 1);
+    ql_context_set_current(NULL);
+    ql_context_free(ctx);
+}
+
 QLTEST_MAIN(QLT(test_thread_pool_completion_runs_in_home_thread),
             QLT(test_thread_pool_batch_completes_in_submission_order),
             QLT(test_thread_pool_cancel_queued_request_gets_ecanceled),
@@ -610,4 +631,5 @@ QLTEST_MAIN(QLT(test_thread_pool_completion_runs_in_home_thread),
             QLT(test_thread_pool_10000_requests_in_flight_complete),
             QLT(test_thread_pool_request_without_callback_completes),
             QLT(test_thread_pool_callback_may_poll_for_another_completion),
-            QLT(test_thread_pool_submit_from_other_thread_completes_in_home))
+            QLT(test_thread_pool_submit_from_other_thread_completes_in_home),
+            QLT(test_thread_pool_qemu_compat_names_use_current_context))
