@@ -300,3 +300,16 @@ def test_wait_thread_from_the_worker_itself_is_refused(ctx):
     task.run_in_thread(worker)
     poll_until(ctx, lambda: task.done)
     assert out and "own worker" in out[0]
+
+
+def test_10000_tasks_in_flight_each_complete_once(ctx):
+    calls = {}
+
+    def cb(t):
+        calls[t.source] = calls.get(t.source, 0) + 1
+
+    for i in range(10000):
+        qloop.QIOTask(i, cb, context=ctx).run_in_thread(abs, -i)
+    poll_until(ctx, lambda: len(calls) == 10000)
+    assert set(calls.values()) == {1}
+    assert qloop.get_thread_pool(ctx).in_flight == 0
