@@ -485,3 +485,28 @@ def test_pool_without_context_delivers_into_the_main_context():
         assert time.monotonic() < deadline
         qloop.main_loop_wait()
     assert req.result() == 3
+
+
+def test_pool_works_in_a_forked_child(ctx):
+    import warnings
+
+    pool = qloop.get_thread_pool(ctx)
+    pool.set_sizes(1, 4)
+    assert pool.submit(int) is not None
+    poll_until(ctx, lambda: pool.in_flight == 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            req = pool.submit(lambda: threading.get_ident())
+            deadline = time.monotonic() + TIMEOUT
+            while not req.done and time.monotonic() < deadline:
+                ctx.poll(blocking=True)
+            code = 0 if req.done and req.result() != threading.get_ident() else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert pool.num_threads >= 1

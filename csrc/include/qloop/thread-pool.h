@@ -19,6 +19,10 @@
  * order it was asked for whenever it finished together.  Completions of
  * requests that finish at different times are delivered in finishing order.
  *
+ * fork(): the child keeps the pools but none of their workers; its own
+ * submits start new ones.  Requests the parent's workers were running never
+ * complete in the child.
+ *
  * Every context has a default pool, created on first use by
  * ql_context_thread_pool() and freed with the context.  Standalone pools
  * (ql_thread_pool_new) are owned by the caller; if their context is freed
