@@ -42,6 +42,14 @@ from .context import (  # noqa: E402
 )
 from .aiocb import AIOCB, AIOCBPool  # noqa: E402
 from .iothread import IOThread  # noqa: E402
+from .threadpool import (  # noqa: E402
+    CancelledError,
+    ThreadPool,
+    ThreadPoolRequest,
+    get_thread_pool,
+    run_in_thread,
+)
+from .task import QIOTask  # noqa: E402
 from .mainloop import (  # noqa: E402
     add_child_watch,
     add_polling_cb,
@@ -104,6 +112,7 @@ __all__ = [
     "AIOCBPool",
     "AioContext",
     "BH",
+    "CancelledError",
     "check_errno",
     "CLOCK_HOST",
     "CLOCK_REALTIME",
@@ -125,6 +134,7 @@ __all__ = [
     "get_iohandler_context",
     "get_library_dir",
     "get_pkgconfig_dir",
+    "get_thread_pool",
     "in_coroutine",
     "init_main_loop",
     "IOThread",
@@ -132,8 +142,12 @@ __all__ = [
     "lib",
     "main_loop_wait",
     "notify_event",
+    "QIOTask",
     "run",
+    "run_in_thread",
     "set_fd_handler",
+    "ThreadPool",
+    "ThreadPoolRequest",
     "Timer",
     "VirtualClock",
 ]

@@ -15,6 +15,8 @@
 #include "qloop/notifier.h"
 #include "qloop/context.h"
 #include "qloop/coroutine.h"
+#include "qloop/thread-pool.h"
+#include "qloop/task.h"
 #include "qloop/aiocb.h"
 #include "qloop/main-loop.h"
 
