@@ -84,6 +84,11 @@ struct QLCoroutine {
     QLCoStack *stack;           /* NULL for the leader and once finished */
     void *user_data;
     QLCoroutine *pool_next;     /* free-list link while pooled */
+    /* co-sleep.c: timer kept with the record for the next sleep in the
+     * same context and clock (survives pooling; freed with the record),
+     * and the sleep in progress.  Touched by the home thread only. */
+    QLTimer *sleep_timer;
+    QLCoSleep *sleep_w;
 #ifdef QL_CO_ASAN
     const void *asan_bottom;    /* stack bounds for the fiber annotations */
     size_t asan_size;

@@ -92,7 +92,9 @@ const char *ql_coroutine_backend(void);
 
 /* ---- across contexts and threads (QEMU's aio_co_*) ------------------- */
 
-/* Run co in ctx's next poll.  Any thread.  -EALREADY if already scheduled. */
+/* Run co in ctx's next poll.  Any thread.  -EALREADY if already scheduled.
+ * ctx must stay alive until the call has returned (as for ql_bh_schedule):
+ * free a context only once no other thread can still wake into it. */
 int ql_co_schedule(QLContext *ctx, QLCoroutine *co);
 /* Wake co in the context where it last ran: another thread's context ->
  * scheduled there; from inside a coroutine of the same context -> runs when
