@@ -2,6 +2,7 @@
  * overflow report.  Run once per switch backend (QLOOP_COROUTINE). */
 #include "qltest.h"
 #include "qloop/coroutine.h"
+#include "qloop/version.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -684,6 +685,144 @@ static void test_coroutine_mprotect_guard_reports_enomem_at_map_limit(void)
     QL_CHECK(n > 10000);
 }
 
+
+/* A fault that is not on a guard page goes to the handler that was there
+ * before the first coroutine (here: one that exits with status 3). */
+static void user_segv(int sig)
+{
+    (void)sig;
+    static const char msg[] = "user handler\n";
+    if (write(2, msg, sizeof msg - 1) < 0) {
+        _exit(4);
+    }
+    _exit(3);
+}
+
+static void co_null_deref(void *opaque)
+{
+    *(volatile int *)opaque = 1;
+}
+
+static void test_coroutine_zz_child_other_fault(void)
+{
+    if (!getenv("QLTEST_CHILD")) {
+        return;
+    }
+    struct rlimit rl = {0, 0};
+    setrlimit(RLIMIT_CORE, &rl);
+    if (getenv("QLTEST_USER_HANDLER")) {
+        signal(SIGSEGV, user_segv);
+    }
+    ql_coroutine_enter(ql_coroutine_create(co_null_deref, NULL));
+    _exit(0);
+}
+
+static void test_coroutine_other_faults_go_to_previous_handler(void)
+{
+    char buf[4096];
+    int st;
+
+    if (getenv("QLTEST_CHILD")) {
+        return;
+    }
+    st = run_child("test_coroutine_zz_child_other_fault", "QLTEST_USER_HANDLER=1", buf, sizeof buf);
+    QL_CHECK(WIFEXITED(st));
+    QL_CHECK_EQ(WEXITSTATUS(st), 3);
+    QL_CHECK(strstr(buf, "user handler") != NULL);
+    QL_CHECK(strstr(buf, "stack overflow") == NULL);
+    /* No handler of ours: the default action (death by SIGSEGV), or under
+     * AddressSanitizer its own handler, which reports the SEGV. */
+    st = run_child("test_coroutine_zz_child_other_fault", NULL, buf, sizeof buf);
+#ifdef __SANITIZE_ADDRESS__
+    QL_CHECK(strstr(buf, "AddressSanitizer: SEGV") != NULL);
+#else
+    QL_CHECK(WIFSIGNALED(st));
+    QL_CHECK_EQ(WTERMSIG(st), SIGSEGV);
+#endif
+    QL_CHECK(strstr(buf, "stack overflow") == NULL);
+}
+
+/* Terminating while holding a CoMutex is misuse (abort when asked). */
+static void co_end_holding(void *opaque)
+{
+    ql_co_mutex_lock(opaque);
+}
+
+static void test_coroutine_zz_child_end_holding_lock(void)
+{
+    if (!getenv("QLTEST_CHILD")) {
+        return;
+    }
+    struct rlimit rl = {0, 0};
+    setrlimit(RLIMIT_CORE, &rl);
+    ql_set_abort_on_misuse(1);
+    ql_coroutine_enter(ql_coroutine_create(co_end_holding, ql_co_mutex_new()));
+    _exit(0);
+}
+
+static void test_coroutine_ending_with_lock_held_is_misuse(void)
+{
+    char buf[4096];
+    int st;
+
+    if (getenv("QLTEST_CHILD")) {
+        return;
+    }
+    st = run_child("test_coroutine_zz_child_end_holding_lock", NULL, buf, sizeof buf);
+    QL_CHECK(WIFSIGNALED(st));
+    QL_CHECK_EQ(WTERMSIG(st), SIGABRT);
+    QL_CHECK(strstr(buf, "terminated holding 1 lock") != NULL);
+}
+
+static long rss_kib(void)
+{
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &resident) != 2) {
+            resident = 0;
+        }
+        fclose(f);
+    }
+    return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+static void co_touch_100k(void *opaque)
+{
+    int depth = 100;
+    (void)opaque;
+    burn(depth);
+    ql_coroutine_yield();
+}
+
+/* Stacks beyond the pool bounds give their pages back when recycled. */
+static void test_coroutine_pool_gives_back_memory_of_excess_stacks(void)
+{
+    enum { N = 600 };
+    static QLCoroutine *cos[N];
+    long high, low;
+
+    if (RUNNING_ON_VALGRIND) {
+        return; /* RSS is valgrind's */
+    }
+    for (int i = 0; i < N; i++) {
+        cos[i] = ql_coroutine_create(co_touch_100k, NULL);
+        QL_CHECK(cos[i] != NULL);
+        ql_coroutine_enter(cos[i]);
+    }
+    high = rss_kib();
+    for (int i = 0; i < N; i++) {
+        ql_coroutine_enter(cos[i]);
+    }
+    low = rss_kib();
+    /* ~60 MB touched; all but a few dozen pooled stacks are released. */
+    if (high - low < 30 * 1024) {
+        fprintf(stderr, "  rss %ld KiB -> %ld KiB\n", high, low);
+    }
+    QL_CHECK(high - low >= 30 * 1024);
+}
+
 QLTEST_MAIN(QLT(test_coroutine_backend_is_named),
             QLT(test_coroutine_create_does_not_run),
             QLT(test_coroutine_enter_runs_until_yield),
@@ -707,5 +846,10 @@ QLTEST_MAIN(QLT(test_coroutine_backend_is_named),
             QLT(test_coroutine_stack_overflow_reported),
             QLT(test_coroutine_stack_overflow_reported_with_mprotect_guard),
             QLT(test_coroutine_mprotect_guard_reports_enomem_at_map_limit),
+            QLT(test_coroutine_other_faults_go_to_previous_handler),
+            QLT(test_coroutine_ending_with_lock_held_is_misuse),
+            QLT(test_coroutine_pool_gives_back_memory_of_excess_stacks),
+            QLT(test_coroutine_zz_child_other_fault),
+            QLT(test_coroutine_zz_child_end_holding_lock),
             QLT(test_coroutine_zz_child_overflow),
             QLT(test_coroutine_zz_child_mprotect_limit))
