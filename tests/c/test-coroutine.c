@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -698,7 +699,7 @@ static void user_segv(int sig)
     _exit(3);
 }
 
-static void co_null_deref(void *opaque)
+static void co_bad_store(void *opaque)
 {
     *(volatile int *)opaque = 1;
 }
@@ -713,7 +714,9 @@ static void test_coroutine_zz_child_other_fault(void)
     if (getenv("QLTEST_USER_HANDLER")) {
         signal(SIGSEGV, user_segv);
     }
-    ql_coroutine_enter(ql_coroutine_create(co_null_deref, NULL));
+    /* A page of our own, not NULL (UBSan would stop a NULL store first). */
+    void *page = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ql_coroutine_enter(ql_coroutine_create(co_bad_store, page));
     _exit(0);
 }
 
