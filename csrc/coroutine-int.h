@@ -71,6 +71,7 @@ struct QLCoroutine {
     QLCoroutine *wakeup_head;
     QLCoroutine *wakeup_tail;
     QLCoroutine *wakeup_next;   /* link in a wakeup list or enter's pending */
+    bool wakeup_queued;         /* on a wakeup list or pending: not enterable */
     QLCoroutine *sched_next;    /* link in ctx->co_sched_head (lock-free) */
     QLCoroutine *wait_next;     /* link in a wait queue (co-lock.c) */
     int wait_flags;             /* what we wait for (co-lock.c) */
@@ -123,8 +124,9 @@ void ql__coroutine_main(QLCoroutine *co) __attribute__((noreturn));
 /* Enter co in ctx (QEMU's qemu_aio_coroutine_enter): runs co and then the
  * coroutines it woke, depth-first, before returning. */
 int ql__coroutine_enter_ctx(QLContext *ctx, QLCoroutine *co);
-/* Queue co to run when the current coroutine yields or ends. */
-void ql__coroutine_defer_wake(QLCoroutine *co);
+/* Queue co to run when the current coroutine yields or ends.  0, or
+ * -EALREADY if co is queued already (misuse). */
+int ql__coroutine_defer_wake(QLCoroutine *co);
 /* Yield without the outside-a-coroutine check (caller checked). */
 void ql__coroutine_yield(void);
 

@@ -285,6 +285,9 @@ static int co_check_enter(QLCoroutine *co)
     if (sched) {
         return ql__misuse(-EALREADY, "Co-routine was already scheduled in '%s'", sched);
     }
+    if (co->wakeup_queued) {
+        return ql__misuse(-EALREADY, "Co-routine was already scheduled in 'ql_co_wake'");
+    }
     if (co->caller) {
         return ql__misuse(-EBUSY, "Co-routine re-entered recursively");
     }
@@ -313,6 +316,7 @@ int ql__coroutine_enter_ctx(QLContext *ctx, QLCoroutine *co)
 
         pending = to->wakeup_next;
         to->wakeup_next = NULL;
+        to->wakeup_queued = false;
         if (to != co && co_check_enter(to) < 0) {
             continue;
         }
@@ -373,10 +377,14 @@ int ql_coroutine_yield(void)
     return 0;
 }
 
-void ql__coroutine_defer_wake(QLCoroutine *co)
+int ql__coroutine_defer_wake(QLCoroutine *co)
 {
     QLCoroutine *self = ql__co_thread()->current;
 
+    if (co->wakeup_queued) {
+        return ql__misuse(-EALREADY, "Co-routine was already scheduled in 'ql_co_wake'");
+    }
+    co->wakeup_queued = true;
     co->wakeup_next = NULL;
     if (self->wakeup_tail) {
         self->wakeup_tail->wakeup_next = co;
@@ -384,6 +392,7 @@ void ql__coroutine_defer_wake(QLCoroutine *co)
         self->wakeup_head = co;
     }
     self->wakeup_tail = co;
+    return 0;
 }
 
 /* ---- queries ---------------------------------------------------------- */

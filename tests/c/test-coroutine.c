@@ -367,6 +367,28 @@ static void test_coroutine_wake_from_coroutine_runs_after_yield_depth_first(void
     QL_CHECK(strcmp(order, "aAbdcz") == 0);
 }
 
+static int twice_ret[3];
+
+static void co_wake_twice(void *opaque)
+{
+    QLCoroutine *target = opaque;
+    twice_ret[0] = ql_co_wake(target);
+    twice_ret[1] = ql_co_wake(target);
+    twice_ret[2] = ql_coroutine_enter(target); /* queued: not enterable */
+}
+
+static void test_coroutine_wake_twice_before_yield_is_ealready(void)
+{
+    QLCoroutine *c = ql_coroutine_create(co_mark_c, NULL);
+
+    reset_order();
+    ql_coroutine_enter(ql_coroutine_create(co_wake_twice, c));
+    QL_CHECK_EQ(twice_ret[0], 0);
+    QL_CHECK_EQ(twice_ret[1], -EALREADY);
+    QL_CHECK_EQ(twice_ret[2], -EALREADY);
+    QL_CHECK(strcmp(order, "c") == 0); /* ran once */
+}
+
 static void test_coroutine_wake_outside_coroutine_enters_now(void)
 {
     QLCoroutine *co = ql_coroutine_create(co_mark_c, NULL);
@@ -840,6 +862,7 @@ QLTEST_MAIN(QLT(test_coroutine_backend_is_named),
             QLT(test_coroutine_stack_size_rounded_with_minimum),
             QLT(test_coroutine_custom_stack_size_is_usable),
             QLT(test_coroutine_wake_from_coroutine_runs_after_yield_depth_first),
+            QLT(test_coroutine_wake_twice_before_yield_is_ealready),
             QLT(test_coroutine_wake_outside_coroutine_enters_now),
             QLT(test_coroutine_wakeups_chain_without_stack_growth),
             QLT(test_coroutine_resumes_in_entering_thread),

@@ -54,7 +54,8 @@ QLCoroutine *ql_coroutine_create_full(QLCoroutineFunc *entry, void *opaque, size
 /* Run co until it yields or finishes.  Coroutines it woke meanwhile (see
  * ql_co_wake) run before this returns.  Returns 0, -EBUSY if co is running or
  * suspended in a nested enter, -EINVAL if it finished, -EALREADY if it is
- * scheduled (ql_co_schedule, ql_co_sleep_ns).  Any context; the coroutine
+ * scheduled (ql_co_schedule, ql_co_sleep_ns, or woken by ql_co_wake from a
+ * coroutine and waiting for that one to yield).  Any context; the coroutine
  * then belongs to the calling thread's current context. */
 int ql_coroutine_enter(QLCoroutine *co);
 /* Enter co only if it is not already entered (running or in the caller
