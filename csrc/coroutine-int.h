@@ -1,7 +1,8 @@
 /*
  * Internal: the coroutine record, the stack descriptor and the per-thread
- * coroutine state shared by coroutine.c, the switch backends, the stack pool
- * and the synchronisation primitives (co-lock.c, co-schedule.c, co-sleep.c).
+ * coroutine state shared by coroutine.c, the switch backends (their ops
+ * table is in coroutine-switch.h), the stack pool and the synchronisation
+ * primitives (co-lock.c, co-schedule.c, co-sleep.c).
  */
 #ifndef QLOOP_COROUTINE_INT_H
 #define QLOOP_COROUTINE_INT_H
@@ -129,8 +130,6 @@ int ql__coroutine_enter_ctx(QLContext *ctx, QLCoroutine *co);
 int ql__coroutine_defer_wake(QLCoroutine *co);
 /* Yield without the outside-a-coroutine check (caller checked). */
 void ql__coroutine_yield(void);
-
-/* ---- switch backends (coroutine-switch.h has the ops table) ---------- */
 
 /* ---- stacks (coroutine-stack.c) -------------------------------------- */
 
