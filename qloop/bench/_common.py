@@ -230,19 +230,32 @@ def qloop_run(ctx, fn, *args):
 def qloop_rescheduler(ctx):
     """Return (again, how): ``again()`` puts the running coroutine back on
     ctx's queue and yields, so it resumes in the next poll (the
-    ``asyncio.sleep(0)`` of qloop).  ``AioContext.co_schedule`` does that; if
-    the binding lacks it, a oneshot BH that calls ``co_wake`` is equivalent."""
+    ``asyncio.sleep(0)`` of qloop; QEMU spells it aio_co_schedule(ctx, self)
+    + qemu_coroutine_yield()).  ``how()`` names the mechanism used.
+
+    ``AioContext.co_schedule(coroutine_self())`` is tried first; a binding
+    that lacks it, or refuses to schedule the running coroutine, gets the
+    equivalent: a oneshot BH that calls ``co_wake`` on it.
+    """
     coroutine_self, coroutine_yield, co_wake = qloop_api(
         "coroutine_self", "coroutine_yield", "co_wake")
     co_schedule = getattr(ctx, "co_schedule", None)
-    if co_schedule is not None:
-        def again():
-            co_schedule(coroutine_self())
-            coroutine_yield()
-        return again, "co_schedule"
     oneshot = ctx.schedule_oneshot
+    state = ["co_schedule" if co_schedule is not None else "schedule_oneshot+co_wake"]
 
-    def again():
+    def via_bh():
         oneshot(co_wake, coroutine_self())
         coroutine_yield()
-    return again, "schedule_oneshot+co_wake"
+
+    def again():
+        if state[0] == "co_schedule":
+            try:
+                co_schedule(coroutine_self())
+            except RuntimeError:
+                state[0] = "schedule_oneshot+co_wake (co_schedule refuses the running coroutine)"
+                return via_bh()
+            coroutine_yield()
+        else:
+            via_bh()
+
+    return again, lambda: state[0]

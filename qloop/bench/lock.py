@@ -80,7 +80,7 @@ def run_qloop(n, variant, opts):
     qloop_run(ctx, main)
     t1 = now()
     ctx.close()
-    return dict(tally.result(t1 - t0), yield_via=how)
+    return dict(tally.result(t1 - t0), yield_via=how())
 
 
 def run_aio(impl):
