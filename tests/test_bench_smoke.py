@@ -213,3 +213,17 @@ def test_callgrind_counts_instructions(tmp_path):
     assert rec["status"] == "ok" and rec["ops"] == 5
     assert isinstance(ir, int) and ir > 1000
     assert list(tmp_path.iterdir()) == []        # the callgrind output file is removed
+
+
+def test_every_bench_file_is_installed():
+    # The suite runs from an installed qloop: each file of qloop/bench/ must be
+    # listed for installation in meson.build.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "meson.build")) as f:
+        build = f.read()
+    bench_dir = os.path.join(root, "qloop", "bench")
+    files = sorted(n for n in os.listdir(bench_dir) if n.endswith((".py", ".c")))
+    assert files
+    missing = [n for n in files if "'qloop/bench/%s'" % n not in build]
+    assert missing == [], "add these to meson.build: %s" % missing
+    assert "'qloop/_bench.py'" in build

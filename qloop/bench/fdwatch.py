@@ -13,8 +13,10 @@ coro_oneshot: as coro, but the handler is registered before and removed
 In the coro variants a read that finds nothing (a stale level-triggered
 event) waits again; such retries are counted in ``spurious_wakeups``.
 
-qloop: ctx.set_fd_handler(fd, read=cb); coroutines are qloop.Coroutine
-woken with qloop.co_wake (a handler registered per wait in coro_oneshot).
+qloop: ctx.set_fd_handler(fd, read=cb); in the coro variants both sides are
+qloop.Coroutine started by a main coroutine that AioContext.run() runs, and
+the read handler wakes the waiting one with qloop.co_wake (coro_oneshot:
+the handler is set before and removed after each wait).
 asyncio/uvloop: add_reader (coro: a future per wait); gevent: loop.io
 watchers (coro: hub.wait(watcher); coro_oneshot: gevent.socket.wait_read).
 """

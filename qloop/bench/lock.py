@@ -7,8 +7,9 @@ Extra ``handoff_ratio``: the fraction of acquisitions made by a different
 coroutine than the previous one (1.0 = FIFO hand-off, ~0 = barging).
 
 qloop: qloop.CoMutex lock()/unlock(); yield = reschedule the running
-coroutine in its context (ctx.co_schedule(coroutine_self())) and
-coroutine_yield(); W qloop.Coroutine woken (co_wake) by a main coroutine
+coroutine in its context (ctx.co_schedule(coroutine_self()), or a oneshot
+BH calling co_wake where co_schedule refuses the running coroutine; the
+record's ``yield_via`` says which) and coroutine_yield(); W qloop.Coroutine woken (co_wake) by a main coroutine
 that ctx.run() runs and that joins them.  asyncio/uvloop: asyncio.Lock, await asyncio.sleep(0).  gevent:
 gevent.lock.Semaphore(1); gevent_rlock: gevent.lock.RLock; gevent.sleep(0).
 """
