@@ -14,5 +14,6 @@
 #include "qloop/blocking.h"
 #include "qloop/notifier.h"
 #include "qloop/context.h"
+#include "qloop/channel.h"
 
 #endif /* QLOOP_QLOOP_H */
