@@ -30,6 +30,7 @@
  */
 #include "context-int.h"
 #include "misuse.h"
+#include "thread-pool-int.h"
 #include "qloop/blocking.h"
 
 #include <errno.h>
@@ -189,6 +190,9 @@ void ql_context_free(QLContext *ctx)
     if (!ctx) {
         return;
     }
+    /* First, while BHs still work: thread pools deliver their last
+     * completions and join their workers. */
+    ql__thread_pools_context_free(ctx);
     ql_bh_delete(ctx->co_sched_bh);
     ql__bh_free_all(ctx);
     for (int fd = 0; fd <= ctx->max_fd; fd++) {

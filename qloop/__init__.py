@@ -42,6 +42,14 @@ from .context import (  # noqa: E402
 )
 from .aiocb import AIOCB, AIOCBPool  # noqa: E402
 from .iothread import IOThread  # noqa: E402
+from .threadpool import (  # noqa: E402
+    CancelledError,
+    ThreadPool,
+    ThreadPoolRequest,
+    get_thread_pool,
+    run_in_thread,
+)
+from .task import QIOTask  # noqa: E402
 
 __version__ = ffi.string(lib.ql_version()).decode()
 
@@ -73,11 +81,15 @@ __all__ = [
     "AIOCBPool",
     "AioContext",
     "BH",
+    "CancelledError",
     "CLOCK_HOST",
     "CLOCK_REALTIME",
     "CLOCK_VIRTUAL",
     "EventNotifier",
     "IOThread",
+    "QIOTask",
+    "ThreadPool",
+    "ThreadPoolRequest",
     "Timer",
     "VirtualClock",
     "check_errno",
@@ -85,5 +97,7 @@ __all__ = [
     "get_include",
     "get_library_dir",
     "get_pkgconfig_dir",
+    "get_thread_pool",
     "lib",
+    "run_in_thread",
 ]

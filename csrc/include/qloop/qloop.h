@@ -14,6 +14,7 @@
 #include "qloop/blocking.h"
 #include "qloop/notifier.h"
 #include "qloop/context.h"
+#include "qloop/thread-pool.h"
 #include "qloop/channel.h"
 
 #endif /* QLOOP_QLOOP_H */
