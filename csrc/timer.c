@@ -163,6 +163,7 @@ QLTimer *ql_timer_new(QLContext *ctx, QLClockType type, QLTimerFunc *cb, void *o
     t->name = name;
     t->expire = -1;
     t->heap_index = QL_TIMER_NOT_IN_HEAP;
+    t->scale = 1;
     pthread_mutex_lock(&ctx->lock);
     t->all_next = ctx->timer_all;
     if (ctx->timer_all) {
@@ -284,6 +285,16 @@ int64_t ql_timer_expire_time(QLTimer *t)
 QLClockType ql_timer_clock(const QLTimer *t)
 {
     return t->type;
+}
+
+void ql__timer_set_scale(QLTimer *t, int scale)
+{
+    t->scale = scale > 0 ? scale : 1;
+}
+
+int ql__timer_get_scale(const QLTimer *t)
+{
+    return t->scale;
 }
 
 /* ---- virtual clock -------------------------------------------------------- */

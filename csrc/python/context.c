@@ -311,6 +311,49 @@ static PyObject *context_poll(ContextObject *self, PyObject *const *args, Py_ssi
     return leave_dispatch(self, &f, r);
 }
 
+static PyObject *context_run_forever(ContextObject *self, PyObject *unused)
+{
+    (void)unused;
+    DispatchFrame f;
+    if (enter_dispatch(self, &f) < 0) {
+        return NULL;
+    }
+    /* A stop() that came before we started ends the loop at once (as in
+     * asyncio): the flag is cleared on the way out, not on the way in. */
+    self->running_forever++;
+    int r = 0;
+    /* One C loop of blocking polls: no Python frame per iteration.  A callback
+     * exception (f.exc) or a signal handler's exception ends it. */
+    while (!self->stop_requested && !f.exc && self->ctx) {
+        r = ql_context_poll(self->ctx, true);
+        if (r < 0 && r != -EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            break;
+        }
+    }
+    self->running_forever--;
+    self->stop_requested = 0;
+    PyObject *res = leave_dispatch(self, &f, r < 0 ? r : 0);
+    if (!res) {
+        return NULL;
+    }
+    Py_DECREF(res);
+    Py_RETURN_NONE;
+}
+
+static PyObject *context_stop(ContextObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (qlpy_context_check_open(self) < 0) {
+        return NULL;
+    }
+    self->stop_requested = 1;
+    ql_context_notify(self->ctx);
+    Py_RETURN_NONE;
+}
+
 static PyObject *context_dispatch(ContextObject *self, PyObject *unused)
 {
     (void)unused;
@@ -737,6 +780,11 @@ static PyMethodDef context_methods[] = {
      "poll(blocking=True) -> bool\n\nRun one iteration: bottom halves, ready fd handlers, "
      "expired timers.  Blocking waits until something is ready.  Returns True if a "
      "callback ran."},
+    {"run_forever", (PyCFunction)context_run_forever, METH_NOARGS,
+     "run_forever()\n\nPoll (blocking) until stop() is called, from a callback or any "
+     "thread.  An exception raised by a callback ends it and is raised."},
+    {"stop", (PyCFunction)context_stop, METH_NOARGS,
+     "stop()\n\nMake run_forever() return after the current iteration.  Any thread."},
     {"dispatch", (PyCFunction)context_dispatch, METH_NOARGS,
      "dispatch() -> bool\n\nRun what is ready now without sleeping (embedding)."},
     {"flush", (PyCFunction)context_flush, METH_NOARGS,

@@ -30,6 +30,8 @@ typedef struct ContextObject {
     int oneshot_free_count;
     int dispatch_depth;      /* polls of this context running (nesting) */
     unsigned long poll_thread; /* thread running poll() when dispatch_depth > 0 */
+    int stop_requested;      /* run_forever() returns at its next iteration */
+    int running_forever;     /* run_forever() calls in progress */
     PyObject *weakreflist;
 } ContextObject;
 
