@@ -42,6 +42,20 @@ from .context import (  # noqa: E402
 )
 from .aiocb import AIOCB, AIOCBPool  # noqa: E402
 from .iothread import IOThread  # noqa: E402
+from .mainloop import (  # noqa: E402
+    add_child_watch,
+    add_polling_cb,
+    aio_flush,
+    aio_wait,
+    del_polling_cb,
+    get_aio_context,
+    get_iohandler_context,
+    init_main_loop,
+    iothread_lock,
+    main_loop_wait,
+    notify_event,
+    set_fd_handler,
+)
 from .threadpool import (  # noqa: E402
     CancelledError,
     ThreadPool,
@@ -136,6 +150,18 @@ __all__ = [
     "ThreadPoolRequest",
     "Timer",
     "VirtualClock",
+    "add_child_watch",
+    "add_polling_cb",
+    "aio_flush",
+    "aio_wait",
+    "del_polling_cb",
+    "get_aio_context",
+    "get_iohandler_context",
+    "init_main_loop",
+    "iothread_lock",
+    "main_loop_wait",
+    "notify_event",
+    "set_fd_handler",
     "check_errno",
     "ffi",
     "get_include",

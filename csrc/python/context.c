@@ -216,7 +216,7 @@ static int context_clear(ContextObject *self)
 
 /* ---- poll and friends ------------------------------------------------- */
 
-static int enter_dispatch(ContextObject *self, DispatchFrame *f)
+int qlpy_enter_dispatch(ContextObject *self, DispatchFrame *f)
 {
     if (qlpy_context_check_open(self) < 0) {
         return -1;
@@ -239,7 +239,7 @@ static int enter_dispatch(ContextObject *self, DispatchFrame *f)
 
 /* Leave a dispatch; returns NULL with the exception set if a callback raised
  * or ret is an error, else Py_True/Py_False for ret > 0 / ret == 0. */
-static PyObject *leave_dispatch(ContextObject *self, DispatchFrame *f, int ret)
+PyObject *qlpy_leave_dispatch(ContextObject *self, DispatchFrame *f, int ret)
 {
     qlpy_top_frame = f->prev;
     if (--self->dispatch_depth == 0 && self->graveyard && PyList_GET_SIZE(self->graveyard)) {
@@ -304,18 +304,18 @@ static PyObject *context_poll(ContextObject *self, PyObject *const *args, Py_ssi
         return NULL;
     }
     DispatchFrame f;
-    if (enter_dispatch(self, &f) < 0) {
+    if (qlpy_enter_dispatch(self, &f) < 0) {
         return NULL;
     }
     int r = ql_context_poll(self->ctx, blocking);
-    return leave_dispatch(self, &f, r);
+    return qlpy_leave_dispatch(self, &f, r);
 }
 
 static PyObject *context_run_forever(ContextObject *self, PyObject *unused)
 {
     (void)unused;
     DispatchFrame f;
-    if (enter_dispatch(self, &f) < 0) {
+    if (qlpy_enter_dispatch(self, &f) < 0) {
         return NULL;
     }
     /* A stop() that came before we started ends the loop at once (as in
@@ -335,7 +335,7 @@ static PyObject *context_run_forever(ContextObject *self, PyObject *unused)
     }
     self->running_forever--;
     self->stop_requested = 0;
-    PyObject *res = leave_dispatch(self, &f, r < 0 ? r : 0);
+    PyObject *res = qlpy_leave_dispatch(self, &f, r < 0 ? r : 0);
     if (!res) {
         return NULL;
     }
@@ -358,22 +358,22 @@ static PyObject *context_dispatch(ContextObject *self, PyObject *unused)
 {
     (void)unused;
     DispatchFrame f;
-    if (enter_dispatch(self, &f) < 0) {
+    if (qlpy_enter_dispatch(self, &f) < 0) {
         return NULL;
     }
     int r = ql_context_dispatch(self->ctx);
-    return leave_dispatch(self, &f, r);
+    return qlpy_leave_dispatch(self, &f, r);
 }
 
 static PyObject *context_flush(ContextObject *self, PyObject *unused)
 {
     (void)unused;
     DispatchFrame f;
-    if (enter_dispatch(self, &f) < 0) {
+    if (qlpy_enter_dispatch(self, &f) < 0) {
         return NULL;
     }
     int r = ql_context_flush(self->ctx);
-    PyObject *res = leave_dispatch(self, &f, r);
+    PyObject *res = qlpy_leave_dispatch(self, &f, r);
     if (!res) {
         return NULL;
     }
