@@ -160,9 +160,11 @@ class _CallbackClient:
                 self.done = True
 
 
-def run(port=0, clients=4, size=64, seconds=3.0, progress=True, out=sys.stdout):
+def run(port=0, clients=4, size=64, seconds=3.0, progress=True, out=None):
     """Run the demo; returns (round trips/s, MB/s)."""
     import qloop
+
+    out = sys.stdout if out is None else out
 
     ctx = qloop.AioContext()
     server = EchoServer(ctx, ("127.0.0.1", port))
