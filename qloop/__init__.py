@@ -84,6 +84,8 @@ from .channel import (  # noqa: E402
     QIOChannelFile,
     QIOChannelNull,
     QIOChannelSocket,
+    QIOChannelTLS,
+    QIOChannelWebsock,
     QIONetListener,
     UnexpectedEOFError,
 )
@@ -143,6 +145,8 @@ __all__ = [
     "QIOChannelFile",
     "QIOChannelNull",
     "QIOChannelSocket",
+    "QIOChannelTLS",
+    "QIOChannelWebsock",
     "QIONetListener",
     "UnexpectedEOFError",
     "QIOTask",
