@@ -19,12 +19,13 @@ import errno
 import ssl
 
 from .base import (FEATURE_SHUTDOWN, IO_IN, IO_OUT, SHUTDOWN_BOTH, SHUTDOWN_READ,
-                   SHUTDOWN_WRITE, QIOChannel, in_coroutine)
+                   SHUTDOWN_WRITE, QIOChannel)
+from .handshake import HandshakeMixin
 
 _READ_CHUNK = 65536
 
 
-class QIOChannelTLS(QIOChannel):
+class QIOChannelTLS(HandshakeMixin, QIOChannel):
     def __init__(self, master, ssl_context, server_side, hostname=None):
         super().__init__()
         if not isinstance(master, QIOChannel):
@@ -39,8 +40,6 @@ class QIOChannelTLS(QIOChannel):
                                          server_hostname=hostname)
         self._pending = b""  # ciphertext not yet accepted by the master
         self._shut = 0
-        self._hs_watch = None
-        self._hs_task = None
         self.handshake_done = False
         if master.has_feature(FEATURE_SHUTDOWN):
             self.set_feature(FEATURE_SHUTDOWN)
@@ -83,12 +82,6 @@ class QIOChannelTLS(QIOChannel):
         self._in.write(data)
         return True
 
-    def _wait_master(self, condition):
-        if in_coroutine():
-            self.master.yield_(condition)
-        else:
-            self.master.wait(condition)
-
     # ---- handshake ------------------------------------------------------
     def _hs_advance(self):
         """Advance the handshake without waiting: None when done, else the
@@ -114,68 +107,6 @@ class QIOChannelTLS(QIOChannel):
         got = self._fill_in()
         if got is False:
             raise ssl.SSLEOFError("TLS handshake: the peer closed the connection")
-
-    def _handshake_sync(self):
-        while True:
-            need = self._hs_advance()
-            if need is None:
-                return
-            self._wait_master(need)
-            if need == IO_IN:
-                self._hs_input()
-
-    def handshake(self, cb=None, context=None):
-        """Run the TLS handshake (see the module doc).  Returns the QIOTask
-        when ``cb`` is given outside a coroutine, else None."""
-        if cb is not None and not callable(cb):
-            raise TypeError("cb must be callable or None, not %s" % type(cb).__name__)
-        if cb is None or in_coroutine():
-            if cb is None:
-                self._handshake_sync()
-                return None
-            from ..task import QIOTask
-
-            task = QIOTask(self, cb, context=context)
-            try:
-                self._handshake_sync()
-            except Exception as e:
-                task.abort(e)
-            else:
-                task.complete()
-            return None
-        from ..task import QIOTask
-
-        task = QIOTask(self, cb, context=context)
-        self._hs_task = task
-        self._hs_step(task.context)
-        return task
-
-    def _hs_step(self, ctx):
-        task = self._hs_task
-        try:
-            need = self._hs_advance()
-        except Exception as e:
-            self._hs_task = None
-            task.abort(e)
-            return
-        if need is None:
-            self._hs_task = None
-            task.complete()
-            return
-
-        def ready(ch, cond):
-            self._hs_watch = None
-            try:
-                if need == IO_IN:
-                    self._hs_input()
-            except Exception as e:
-                self._hs_task = None
-                task.abort(e)
-                return False
-            self._hs_step(ctx)
-            return False
-
-        self._hs_watch = self.master.add_watch(need, ready, ctx)
 
     # ---- I/O --------------------------------------------------------------
     def _io_readv(self, buffers, want_fds):
@@ -272,12 +203,7 @@ class QIOChannelTLS(QIOChannel):
 
     def close(self):
         """Cancel a pending handshake and close the master."""
-        if self._hs_watch is not None:
-            self._hs_watch.remove()
-            self._hs_watch = None
-        task, self._hs_task = self._hs_task, None
-        if task is not None and not task.done:
-            task.abort(OSError(errno.ECANCELED, "TLS handshake cancelled: channel closed"))
+        self._hs_cancel()
         self.master.close()
 
     @property
