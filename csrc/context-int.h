@@ -64,8 +64,15 @@ struct QLTimer {
 
 #define QL_TIMER_NOT_IN_HEAP ((size_t)-1)
 
+/* A heap slot caches the key so that comparisons never touch the timer. */
+typedef struct QLTimerSlot {
+    int64_t expire;
+    uint64_t seq;
+    QLTimer *t;
+} QLTimerSlot;
+
 typedef struct QLTimerHeap {
-    QLTimer **a;               /* [lock] binary min-heap on (expire, seq) */
+    QLTimerSlot *a;            /* [lock] 4-ary min-heap on (expire, seq) */
     size_t n, cap;
 } QLTimerHeap;
 

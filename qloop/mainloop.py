@@ -32,6 +32,11 @@ def set_fd_handler(fd, read=None, write=None):
     get_iohandler_context().set_fd_handler(fd, read, write)
 
 
+def run(fn, *args):
+    """Run ``fn(*args)`` as a coroutine in the main context until it finishes."""
+    return get_aio_context().run(fn, *args)
+
+
 def aio_wait():
     """QEMU's qemu_aio_wait: one blocking poll of the main context."""
     return get_aio_context().poll(blocking=True)

@@ -9,6 +9,7 @@
  */
 #include "pycontext.h"
 #include "glue.h"
+#include "pycoro.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -352,6 +353,14 @@ static PyObject *context_stop(ContextObject *self, PyObject *unused)
     self->stop_requested = 1;
     ql_context_notify(self->ctx);
     Py_RETURN_NONE;
+}
+
+static PyObject *context_co_schedule(ContextObject *self, PyObject *co)
+{
+    if (qlpy_context_check_open(self) < 0) {
+        return NULL;
+    }
+    return qlpy_co_schedule(self->ctx, co);
 }
 
 static PyObject *context_dispatch(ContextObject *self, PyObject *unused)
@@ -780,6 +789,9 @@ static PyMethodDef context_methods[] = {
      "poll(blocking=True) -> bool\n\nRun one iteration: bottom halves, ready fd handlers, "
      "expired timers.  Blocking waits until something is ready.  Returns True if a "
      "callback ran."},
+    {"co_schedule", (PyCFunction)context_co_schedule, METH_O,
+     "co_schedule(co)\n\nRun the coroutine co in this context's next poll (QEMU's "
+     "aio_co_schedule).  Any thread."},
     {"run_forever", (PyCFunction)context_run_forever, METH_NOARGS,
      "run_forever()\n\nPoll (blocking) until stop() is called, from a callback or any "
      "thread.  An exception raised by a callback ends it and is raised."},

@@ -270,6 +270,12 @@ static void test_fd_works_with_pty(void)
     }
 }
 
+static bool flush_never(void *opaque)
+{
+    (void)opaque;
+    return false;
+}
+
 static void test_fd_regular_file_is_always_ready(void)
 {
     FOR_EACH_MONITOR(ctx) {
@@ -286,6 +292,14 @@ static void test_fd_regular_file_is_always_ready(void)
         QL_CHECK_EQ(h.reads, 2);
         QL_CHECK_EQ(ql_context_set_fd_handler(ctx, fd, NULL, NULL, NULL, NULL), 0);
         QL_CHECK_EQ(ctx->n_always_ready, 0);
+        /* flush-only on a regular file, then a handler, then nothing */
+        QL_CHECK_EQ(ql_context_set_fd_handler(ctx, fd, NULL, NULL, flush_never, &h), 0);
+        QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
+        QL_CHECK_EQ(ql_context_set_fd_handler(ctx, fd, h_read, NULL, flush_never, &h), 0);
+        QL_CHECK_EQ(ql_context_poll(ctx, false), 1);
+        QL_CHECK_EQ(ql_context_set_fd_handler(ctx, fd, NULL, NULL, flush_never, &h), 0);
+        QL_CHECK_EQ(ql_context_set_fd_handler(ctx, fd, NULL, NULL, NULL, NULL), 0);
+        QL_CHECK_EQ(ctx->nhandlers, 0);
         QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
         close(fd);
     }

@@ -27,6 +27,12 @@ static void test_poll_bare_notify_makes_blocking_poll_return_0(void)
         ql_context_notify(ctx);
         QL_CHECK_EQ(ql_context_poll(ctx, true), 0);
         QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
+        /* the poll that did not sleep left notify_me balanced: later
+         * notifies stay syscall-free */
+        QL_CHECK_EQ(ctx->notify_me, 0);
+        ql_context_notify(ctx);
+        QL_CHECK_EQ(ql_notifier_test_and_clear(&ctx->notifier), 0);
+        QL_CHECK_EQ(ql_context_poll(ctx, true), 0);
     }
 }
 
@@ -251,6 +257,17 @@ static void hook_end(void *token)
     }
 }
 
+/* Notify once the poller is really about to sleep (notify_me raised). */
+static void *notify_when_blocked(void *opaque)
+{
+    QLContext *ctx = opaque;
+    while (__atomic_load_n(&ctx->notify_me, __ATOMIC_ACQUIRE) < 2) {
+        usleep(1000);
+    }
+    ql_context_notify(ctx);
+    return NULL;
+}
+
 static void test_poll_blocking_hooks_bracket_only_real_waits(void)
 {
     FOR_EACH_MONITOR(ctx) {
@@ -258,14 +275,18 @@ static void test_poll_blocking_hooks_bracket_only_real_waits(void)
         ql_set_blocking_hooks(hook_begin, hook_end);
         ql_context_poll(ctx, false);
         QL_CHECK_EQ(begins, 0);
-        QLTimer *t = ql_timer_new(ctx, QL_CLOCK_REALTIME, nop, NULL, "t");
-        ql_timer_mod_in(t, 1000000);
-        while (ql_context_poll(ctx, true) == 0) {
-        }
-        QL_CHECK(begins >= 1);
-        QL_CHECK_EQ(begins, ends);
+        QLBH *bh = ql_bh_new(ctx, nop, NULL, "nop");
+        ql_bh_schedule(bh);
+        QL_CHECK_EQ(ql_context_poll(ctx, true), 1); /* BH pending: no wait */
+        QL_CHECK_EQ(begins, 0);
+        pthread_t th;
+        pthread_create(&th, NULL, notify_when_blocked, ctx);
+        QL_CHECK_EQ(ql_context_poll(ctx, true), 0); /* sleeps until notified */
+        pthread_join(th, NULL);
+        QL_CHECK_EQ(begins, 1);
+        QL_CHECK_EQ(ends, 1);
         ql_set_blocking_hooks(NULL, NULL);
-        ql_timer_free(t);
+        ql_bh_delete(bh);
     }
 }
 

@@ -462,7 +462,7 @@ static void test_timer_mod_does_not_allocate_in_steady_state(void)
         ts[i] = ql_timer_new(ctx, QL_CLOCK_VIRTUAL, t_cb, NULL, NULL);
         ql_timer_mod(ts[i], i);
     }
-    QLTimer **arr = ctx->heap[QL_CLOCK_VIRTUAL].a;
+    QLTimerSlot *arr = ctx->heap[QL_CLOCK_VIRTUAL].a;
     size_t cap = ctx->heap[QL_CLOCK_VIRTUAL].cap;
     for (int r = 0; r < 1000; r++) {
         ql_timer_mod(ts[r % 100], (int64_t)(rng() % 1000));

@@ -71,6 +71,20 @@ void ql_coroutine_unref(QLCoroutine *co);
 void ql_coroutine_set_user_data(QLCoroutine *co, void *data);
 void *ql_coroutine_get_user_data(QLCoroutine *co);
 
+/* Switch hooks for a language runtime that keeps per-coroutine interpreter
+ * state (the Python binding swaps the thread state in them).  Whenever co
+ * yields - ql_coroutine_yield() or a wait inside a CoQueue, CoMutex,
+ * CoRwlock or sleep - `leave(co, user_data)` runs on co's stack right before
+ * it switches away, and `resume(co, user_data)` right after it is entered
+ * again, before control returns to the code that yielded.  Neither runs at
+ * the first entry nor at termination (the entry function handles those).
+ * user_data is ql_coroutine_get_user_data(co) at call time.  Hooks must not
+ * switch coroutines.  Either may be NULL.  Call before co first runs, from
+ * the thread that creates it. */
+typedef void QLCoroutineSwitchHook(QLCoroutine *co, void *user_data);
+void ql_coroutine_set_switch_hooks(QLCoroutine *co, QLCoroutineSwitchHook *leave,
+                                   QLCoroutineSwitchHook *resume);
+
 /* Default stack size for new coroutines (bytes; QLOOP_STACK_SIZE in the
  * environment overrides the built-in 256 KiB). */
 size_t ql_coroutine_default_stack_size(void);

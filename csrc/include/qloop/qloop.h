@@ -14,6 +14,7 @@
 #include "qloop/blocking.h"
 #include "qloop/notifier.h"
 #include "qloop/context.h"
+#include "qloop/coroutine.h"
 #include "qloop/aiocb.h"
 #include "qloop/main-loop.h"
 #include "qloop/thread-pool.h"
