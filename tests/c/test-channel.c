@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "qloop/coroutine.h"
 #include "qloop/qloop.h"
 #include "qltest.h"
 
@@ -288,6 +289,128 @@ static void test_channel_yield_outside_coroutine_is_eperm(void)
     close(sv[1]);
 }
 
+
+/* ---- coroutine waits ---------------------------------------------------- */
+
+typedef struct {
+    QLChannel *ch;
+    char buf[64];
+    size_t len;
+    int ret;
+    int step;
+} CoRead;
+
+static void co_read_all(void *opaque)
+{
+    CoRead *r = opaque;
+    size_t done = 0;
+    r->step = 1;
+    r->ret = ql_channel_read_all(r->ch, r->buf, r->len, &done);
+    r->step = 2;
+}
+
+static void test_channel_read_all_yields_in_coroutine(void)
+{
+    QLContext *ctx = ql_context_new();
+    ql_context_set_current(ctx);
+    int sv[2];
+    pair(sv);
+    CoRead r = {.ch = ql_channel_new(sv[1], -1, QL_CHANNEL_AUTO), .len = 6};
+    QLCoroutine *co = ql_coroutine_create(co_read_all, &r);
+    QL_CHECK_EQ(ql_coroutine_enter(co), 0);
+    QL_CHECK_EQ(r.step, 1); /* yielded: enter returned while it waits */
+    QL_CHECK_EQ(write(sv[0], "abc", 3), 3);
+    while (ql_context_poll(ctx, false) > 0) {
+    }
+    QL_CHECK_EQ(r.step, 1); /* half the data: still waiting */
+    QL_CHECK_EQ(write(sv[0], "def", 3), 3);
+    for (int i = 0; i < 100 && r.step != 2; i++) {
+        ql_context_poll(ctx, true);
+    }
+    QL_CHECK_EQ(r.step, 2);
+    QL_CHECK_EQ(r.ret, 1);
+    QL_CHECK(memcmp(r.buf, "abcdef", 6) == 0);
+    /* the handler went away with the waiter */
+    QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
+    ql_channel_free(r.ch);
+    close(sv[0]);
+    ql_context_set_current(NULL);
+    ql_context_free(ctx);
+}
+
+static void co_yield_twice(void *opaque)
+{
+    CoRead *r = opaque;
+    r->ret = ql_channel_yield(r->ch, QL_CHANNEL_IN);
+    r->step++;
+}
+
+static void test_channel_second_waiter_is_ebusy_and_wake_works(void)
+{
+    QLContext *ctx = ql_context_new();
+    ql_context_set_current(ctx);
+    int sv[2];
+    pair(sv);
+    QLChannel *ch = ql_channel_new(sv[1], -1, QL_CHANNEL_AUTO);
+    CoRead a = {.ch = ch}, b = {.ch = ch};
+    QLCoroutine *ca = ql_coroutine_create(co_yield_twice, &a);
+    QLCoroutine *cb = ql_coroutine_create(co_yield_twice, &b);
+    ql_coroutine_enter(ca);
+    QL_CHECK_EQ(a.step, 0);
+    ql_coroutine_enter(cb);
+    QL_CHECK_EQ(b.step, 1);
+    QL_CHECK_EQ(b.ret, -EBUSY);
+    ql_channel_wake(ch, QL_CHANNEL_IN);
+    QL_CHECK_EQ(a.step, 1);
+    QL_CHECK_EQ(a.ret, 0);
+    ql_channel_free(ch);
+    close(sv[0]);
+    ql_context_set_current(NULL);
+    ql_context_free(ctx);
+}
+
+static void co_write_all(void *opaque)
+{
+    CoRead *r = opaque;
+    size_t len = 2 << 20, done = 0;
+    char *big = calloc(1, len);
+    r->step = 1;
+    r->ret = ql_channel_write_all(r->ch, big, len, &done);
+    r->step = 2;
+    free(big);
+}
+
+static void test_channel_write_all_yields_when_full(void)
+{
+    QLContext *ctx = ql_context_new();
+    ql_context_set_current(ctx);
+    int sv[2];
+    pair(sv);
+    CoRead w = {.ch = ql_channel_new(sv[0], -1, QL_CHANNEL_AUTO)};
+    QLCoroutine *co = ql_coroutine_create(co_write_all, &w);
+    ql_coroutine_enter(co);
+    QL_CHECK_EQ(w.step, 1); /* socket buffer full: yielded */
+    static char sink[65536];
+    size_t total = 0;
+    while (w.step != 2) {
+        ssize_t n = read(sv[1], sink, sizeof sink);
+        QL_CHECK(n > 0);
+        total += (size_t)n;
+        ql_context_poll(ctx, false);
+    }
+    QL_CHECK_EQ(w.ret, 1);
+    ssize_t n;
+    fcntl(sv[1], F_SETFL, O_NONBLOCK);
+    while ((n = read(sv[1], sink, sizeof sink)) > 0) {
+        total += (size_t)n;
+    }
+    QL_CHECK_EQ(total, 2 << 20);
+    ql_channel_free(w.ch);
+    close(sv[1]);
+    ql_context_set_current(NULL);
+    ql_context_free(ctx);
+}
+
 QLTEST_MAIN(QLT(test_channel_socket_roundtrip), QLT(test_channel_nonblocking_reports_block),
             QLT(test_channel_pipe_nonblocking_reports_block),
             QLT(test_channel_write_to_closed_peer_is_epipe_not_sigpipe),
@@ -297,4 +420,7 @@ QLTEST_MAIN(QLT(test_channel_socket_roundtrip), QLT(test_channel_nonblocking_rep
             QLT(test_channel_read_all_short_at_eof),
             QLT(test_channel_write_all_larger_than_socket_buffer),
             QLT(test_channel_closed_reports_ebadf),
-            QLT(test_channel_yield_outside_coroutine_is_eperm))
+            QLT(test_channel_yield_outside_coroutine_is_eperm),
+            QLT(test_channel_read_all_yields_in_coroutine),
+            QLT(test_channel_second_waiter_is_ebusy_and_wake_works),
+            QLT(test_channel_write_all_yields_when_full))
