@@ -158,3 +158,29 @@ def test_wait_blocks_until_ready():
         b.wait(0)
     a.close()
     b.close()
+
+
+def test_watch_defaults_to_main_context():
+    a, b = qloop.QIOChannelSocket.pair()
+    seen = []
+    b.add_watch(qloop.IO_IN, lambda ch, c: seen.append(c) and False)
+    a.write_all(b"m")
+    for _ in range(100):
+        if seen:
+            break
+        qloop.main_loop_wait(nonblocking=False)
+    assert seen == [qloop.IO_IN]
+    a.close()
+    b.close()
+
+
+def test_listener_gc_unlinks_unix_path(tmp_path):
+    import gc
+    import os
+
+    path = str(tmp_path / "s")
+    ch = qloop.QIOChannelSocket()
+    ch.listen_sync(path)
+    del ch
+    gc.collect()
+    assert not os.path.exists(path)

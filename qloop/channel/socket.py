@@ -263,6 +263,16 @@ class QIOChannelSocket(FdChannelBase):
                 pass
         self._close_fds()
 
+    def __del__(self):
+        # finalize: a listening UNIX socket's path goes with it (the fd is
+        # closed by the C base)
+        path = getattr(self, "_unlink_path", None)
+        if path is not None and not self.closed:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
     def __repr__(self):
         if self.closed:
             return "<QIOChannelSocket closed>"
