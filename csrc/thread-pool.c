@@ -374,8 +374,12 @@ static void completion_bh(void *opaque)
 
 /* ---- creation and registry ------------------------------------------------ */
 
+static pthread_once_t fork_once;
+static void install_fork_handlers(void);
+
 static QLThreadPool *pool_create(QLContext *ctx, bool is_default)
 {
+    pthread_once(&fork_once, install_fork_handlers);
     QLThreadPool *pool = calloc(1, sizeof *pool);
     if (!pool) {
         goto fail_alloc;
@@ -422,6 +426,59 @@ fail_mutex:
 fail_alloc:
     errno = ENOMEM;
     return NULL;
+}
+
+/* ---- fork ------------------------------------------------------------------
+ * A child process has none of the parent's worker threads.  Around fork()
+ * every pool lock is held (so no list is caught half-updated); in the child
+ * the pools forget their workers, and the next submit starts new ones.
+ * Requests that a worker of the parent was running are lost in the child:
+ * their callbacks never run there. */
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (QLThreadPool *p = registry; p; p = p->reg_next) {
+        pthread_mutex_lock(&p->lock);
+    }
+}
+
+static void fork_parent(void)
+{
+    for (QLThreadPool *p = registry; p; p = p->reg_next) {
+        pthread_mutex_unlock(&p->lock);
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void fork_child(void)
+{
+    for (QLThreadPool *p = registry; p; p = p->reg_next) {
+        /* Other threads' waits on the condition variables vanished with
+         * them: start the variables afresh. */
+        pthread_condattr_t attr;
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&p->request_cond, &attr);
+        pthread_condattr_destroy(&attr);
+        pthread_cond_init(&p->worker_stopped, NULL);
+        while (p->exited) {
+            Worker *w = p->exited;
+            p->exited = w->next;
+            free(w);
+        }
+        p->cur_threads = 0;
+        p->idle_threads = 0;
+        pthread_mutex_unlock(&p->lock);
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void install_fork_handlers(void)
+{
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
 QLThreadPool *ql_context_thread_pool(QLContext *ctx)

@@ -42,6 +42,14 @@ from .context import (  # noqa: E402
 )
 from .aiocb import AIOCB, AIOCBPool  # noqa: E402
 from .iothread import IOThread  # noqa: E402
+from .threadpool import (  # noqa: E402
+    CancelledError,
+    ThreadPool,
+    ThreadPoolRequest,
+    get_thread_pool,
+    run_in_thread,
+)
+from .task import QIOTask  # noqa: E402
 from .mainloop import (  # noqa: E402
     add_child_watch,
     add_polling_cb,
@@ -69,14 +77,6 @@ from .coroutine import (  # noqa: E402
     coroutine_yield,
     in_coroutine,
 )
-from .threadpool import (  # noqa: E402
-    CancelledError,
-    ThreadPool,
-    ThreadPoolRequest,
-    get_thread_pool,
-    run_in_thread,
-)
-from .task import QIOTask  # noqa: E402
 from .channel import (  # noqa: E402
     FEATURE_FD_PASS,
     FEATURE_LISTEN,
@@ -187,7 +187,6 @@ __all__ = [
     "QIOChannelWebsock",
     "QIONetListener",
     "QIOTask",
-    "run",
     "run_in_thread",
     "set_fd_handler",
     "SHUTDOWN_BOTH",

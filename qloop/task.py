@@ -52,6 +52,7 @@ class QIOTask:
 
     __slots__ = ("_source", "_callback", "_ctx", "_error", "result", "_state",
                  "_owner", "_thread_lock", "_thread_result", "_thread_exc", "_waited",
+                 "_worker_ident",
                  "__weakref__")
 
     def __init__(self, source, callback, *, context=None):
@@ -73,6 +74,7 @@ class QIOTask:
         self._thread_result = None
         self._thread_exc = None
         self._waited = False
+        self._worker_ident = None
 
     # ---- accessors -------------------------------------------------------
     @property
@@ -177,6 +179,7 @@ class QIOTask:
 
     def _run_worker(self, worker, args):
         # worker thread
+        self._worker_ident = _thread.get_ident()
         try:
             self._thread_result = worker(*args)
         except BaseException as e:
@@ -212,6 +215,8 @@ class QIOTask:
         if self._state != _RUNNING or self._thread_lock is None:
             raise RuntimeError("QIOTask.wait_thread(): no worker thread is running for this "
                                "task")
+        if self._worker_ident == _thread.get_ident():
+            raise RuntimeError("QIOTask.wait_thread() called from the task's own worker thread")
         self._thread_lock.acquire()  # releases the GIL while waiting
         self._thread_lock.release()
         self._waited = True

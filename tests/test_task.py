@@ -273,3 +273,43 @@ def test_bad_arguments(ctx):
     task = qloop.QIOTask(Source(), print, context=ctx)
     with pytest.raises(TypeError, match="worker"):
         task.run_in_thread(5)
+
+
+def test_default_context_is_the_main_context():
+    seen = []
+    task = qloop.QIOTask(Source(), lambda t: seen.append((t.result, threading.get_ident())))
+    assert task.context is qloop.get_aio_context()
+    task.run_in_thread(pow, 2, 10)
+    deadline = time.monotonic() + TIMEOUT
+    while not seen:
+        assert time.monotonic() < deadline
+        qloop.main_loop_wait()
+    assert seen == [(1024, threading.get_ident())]
+
+
+def test_wait_thread_from_the_worker_itself_is_refused(ctx):
+    out = []
+
+    def worker():
+        try:
+            task.wait_thread()
+        except RuntimeError as e:
+            out.append(str(e))
+
+    task = qloop.QIOTask(Source(), lambda t: None, context=ctx)
+    task.run_in_thread(worker)
+    poll_until(ctx, lambda: task.done)
+    assert out and "own worker" in out[0]
+
+
+def test_10000_tasks_in_flight_each_complete_once(ctx):
+    calls = {}
+
+    def cb(t):
+        calls[t.source] = calls.get(t.source, 0) + 1
+
+    for i in range(10000):
+        qloop.QIOTask(i, cb, context=ctx).run_in_thread(abs, -i)
+    poll_until(ctx, lambda: len(calls) == 10000)
+    assert set(calls.values()) == {1}
+    assert qloop.get_thread_pool(ctx).in_flight == 0

@@ -420,3 +420,93 @@ def test_requests_do_not_leak_objects(ctx):
 def test_run_in_thread_outside_a_coroutine_raises():
     with pytest.raises(RuntimeError, match="coroutine"):
         qloop.run_in_thread(int, 1)
+
+
+needs_coroutines = pytest.mark.skipif(not hasattr(qloop, "Coroutine"),
+                                      reason="qloop.Coroutine is not in this tree yet")
+
+
+def run_coroutines(ctx, *fns):
+    """Enter each fn as a coroutine from a BH of ctx; poll until all ended."""
+    cos = []
+    ctx.schedule_oneshot(lambda: [cos.append(qloop.Coroutine(fn)) or cos[-1].enter()
+                                  for fn in fns])
+    poll_until(ctx, lambda: len(cos) == len(fns) and all(c.done for c in cos))
+    return [c.result() for c in cos]
+
+
+@needs_coroutines
+def test_run_in_thread_returns_fn_result_in_the_coroutine(ctx):
+    main = threading.get_ident()
+
+    def body():
+        value, worker = qloop.run_in_thread(lambda a, b: (a * b, threading.get_ident()), 6, 7)
+        return value, worker, threading.get_ident()
+
+    [(value, worker, resumed)] = run_coroutines(ctx, body)
+    assert value == 42
+    assert worker != main and resumed == main
+
+
+@needs_coroutines
+def test_run_in_thread_raises_fn_exception_in_the_coroutine(ctx):
+    def failing_fn():
+        raise OSError(2, "gone")
+
+    def body():
+        try:
+            qloop.run_in_thread(failing_fn)
+        except OSError as e:
+            return e.errno, [f.name for f in traceback.extract_tb(e.__traceback__)]
+
+    [(errno_, names)] = run_coroutines(ctx, body)
+    assert errno_ == 2
+    assert "failing_fn" in names and "body" in names
+
+
+@needs_coroutines
+def test_run_in_thread_from_many_coroutines(ctx):
+    def make(i):
+        def body():
+            return sum(qloop.run_in_thread(int, str(i)) for _ in range(5))
+        return body
+
+    assert run_coroutines(ctx, *[make(i) for i in range(50)]) == [5 * i for i in range(50)]
+
+
+def test_pool_without_context_delivers_into_the_main_context():
+    pool = qloop.get_thread_pool()
+    assert pool.context is qloop.get_aio_context()
+    with qloop.ThreadPool() as own:
+        assert own.context is qloop.get_aio_context()
+    req = pool.submit(abs, -3)
+    deadline = time.monotonic() + TIMEOUT
+    while not req.done:
+        assert time.monotonic() < deadline
+        qloop.main_loop_wait()
+    assert req.result() == 3
+
+
+def test_pool_works_in_a_forked_child(ctx):
+    import warnings
+
+    pool = qloop.get_thread_pool(ctx)
+    pool.set_sizes(1, 4)
+    assert pool.submit(int) is not None
+    poll_until(ctx, lambda: pool.in_flight == 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            req = pool.submit(lambda: threading.get_ident())
+            deadline = time.monotonic() + TIMEOUT
+            while not req.done and time.monotonic() < deadline:
+                ctx.poll(blocking=True)
+            code = 0 if req.done and req.result() != threading.get_ident() else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert pool.num_threads >= 1

@@ -75,8 +75,9 @@ PyMODINIT_FUNC PyInit__core(void)
     qlpy_install_blocking_hooks();
     if (qlpy_context_register_types(m) < 0 || qlpy_bh_register(m) < 0 ||
         qlpy_timer_register(m) < 0 || qlpy_mainloop_register(m) < 0 ||
+        qlpy_threadpool_register(m) < 0 ||
         qlpy_coroutine_init(m) < 0 || qlpy_colock_init(m) < 0 ||
-        qlpy_threadpool_register(m) < 0 || qlpy_channel_register(m) < 0) {
+        qlpy_channel_register(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

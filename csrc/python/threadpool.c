@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 
 typedef struct ThreadPoolObject {
@@ -73,11 +74,46 @@ static PyObject *fetch_exception(void)
 #endif
 }
 
+/* Python thread state of a worker thread, kept between requests: creating
+ * and destroying one per request (PyGILState_Ensure/Release) costs an
+ * allocation of its frame stack each time, and in a threaded process
+ * giving memory back to the OS costs cross-CPU TLB flushes.  The first
+ * request on a worker creates it; the pthread key's destructor deletes it
+ * when the worker exits (idle timeout or pool shutdown). */
+static pthread_key_t worker_ts_key;
+static _Thread_local PyThreadState *worker_ts;
+
+static int interpreter_alive(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsInitialized() && !Py_IsFinalizing();
+#else
+    return Py_IsInitialized() && !_Py_IsFinalizing();
+#endif
+}
+
+static void worker_ts_destroy(void *value)
+{
+    PyThreadState *ts = value;
+    if (!ts || !interpreter_alive()) {
+        return; /* the interpreter is going away: leave it be */
+    }
+    /* Not PyGILState_Release: the C library has already cleared every
+     * thread-specific value of this exiting thread, CPython's own included. */
+    PyEval_RestoreThread(ts);
+    PyThreadState_Clear(ts);
+    PyThreadState_DeleteCurrent(); /* and drops the GIL */
+}
+
 /* Worker thread, GIL not held. */
 static int request_work(void *arg)
 {
     RequestObject *r = arg;
-    PyGILState_STATE g = PyGILState_Ensure();
+    if (worker_ts) {
+        PyEval_RestoreThread(worker_ts);
+    } else {
+        PyGILState_Ensure();
+    }
     r->ran = 1;
     PyObject *res = PyObject_Call(r->fn, r->args, NULL);
     if (res) {
@@ -87,7 +123,10 @@ static int request_work(void *arg)
     }
     Py_CLEAR(r->fn);
     Py_CLEAR(r->args);
-    PyGILState_Release(g);
+    if (!worker_ts) {
+        pthread_setspecific(worker_ts_key, PyThreadState_Get());
+    }
+    worker_ts = PyEval_SaveThread();
     return res ? 0 : -1;
 }
 
@@ -696,6 +735,14 @@ int qlpy_threadpool_register(PyObject *m)
 {
     if (PyType_Ready(&ThreadPoolType) < 0 || PyType_Ready(&RequestType) < 0) {
         return -1;
+    }
+    static int key_created;
+    if (!key_created) {
+        if (pthread_key_create(&worker_ts_key, worker_ts_destroy) != 0) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        key_created = 1;
     }
     CancelledError = PyErr_NewExceptionWithDoc(
         "qloop.CancelledError", "A thread-pool request was cancelled before it ran.", NULL, NULL);

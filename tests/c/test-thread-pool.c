@@ -4,10 +4,17 @@
 #include "qloop/blocking.h"
 #include "qloop/context.h"
 #include "qloop/thread-pool.h"
+#include "qloop/qemu-compat.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sys/wait.h>
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
 #include <time.h>
 #include <unistd.h>
 
@@ -596,6 +603,64 @@ static void test_thread_pool_submit_from_other_thread_completes_in_home(void)
     ql_context_free(ctx);
 }
 
+/* QEMU's names from qloop/qemu-compat.h reach the current context's pool. */
+static void test_thread_pool_qemu_compat_names_use_current_context(void)
+{
+    QLContext *ctx = ql_context_new();
+    ql_context_set_current(ctx);
+    QL_CHECK(aio_get_thread_pool(ctx) == ql_context_thread_pool(ctx));
+    Job a = {.id = 0, .ret = 9};
+    int ran = 0;
+    QL_CHECK(thread_pool_submit_aio(work, &a, done_cb, &a) != NULL);
+    thread_pool_submit(count_only, &ran);
+    QLThreadPool *pool = ql_context_thread_pool(ctx);
+    while (a.calls == 0 || ql_thread_pool_num_in_flight(pool) > 0) {
+        ql_context_poll(ctx, true);
+    }
+    QL_CHECK_EQ(a.got, 9);
+    QL_CHECK_EQ(__atomic_load_n(&ran, __ATOMIC_RELAXED), 1);
+    ql_context_set_current(NULL);
+    ql_context_free(ctx);
+}
+
+/* After fork() the child has none of the parent's workers: the pool starts
+ * new ones for the child's requests. */
+static void test_thread_pool_works_in_a_forked_child(void)
+{
+#if defined(__SANITIZE_THREAD__)
+    return; /* ThreadSanitizer refuses threads after a multi-threaded fork */
+#endif
+#ifdef RUNNING_ON_VALGRIND
+    /* The child inherits the parent's thread bookkeeping (stacks, TLS) for
+     * threads that do not exist there: Valgrind reports it as leaked. */
+    if (RUNNING_ON_VALGRIND) {
+        return;
+    }
+#endif
+    QLContext *ctx = ql_context_new();
+    QLThreadPool *pool = ql_context_thread_pool(ctx);
+    QL_CHECK_EQ(ql_thread_pool_set_sizes(pool, 2, 4), 0);
+    QL_CHECK_EQ(ql_thread_pool_num_threads(pool), 2);
+    pid_t pid = fork();
+    QL_CHECK(pid >= 0);
+    if (pid == 0) {
+        int ran = 0;
+        delivered = 0;
+        int ok = ql_thread_pool_num_threads(pool) == 0 &&
+                 ql_thread_pool_submit(pool, count_only, &ran, count_cb, NULL) != NULL;
+        while (ok && delivered < 1) {
+            ql_context_poll(ctx, true);
+        }
+        _exit(ok && __atomic_load_n(&ran, __ATOMIC_RELAXED) == 1 ? 0 : 1);
+    }
+    int status = 0;
+    QL_CHECK_EQ(waitpid(pid, &status, 0), pid);
+    QL_CHECK(WIFEXITED(status));
+    QL_CHECK_EQ(WEXITSTATUS(status), 0);
+    QL_CHECK_EQ(ql_thread_pool_num_threads(pool), 2); /* the parent's are intact */
+    ql_context_free(ctx);
+}
+
 QLTEST_MAIN(QLT(test_thread_pool_completion_runs_in_home_thread),
             QLT(test_thread_pool_batch_completes_in_submission_order),
             QLT(test_thread_pool_cancel_queued_request_gets_ecanceled),
@@ -610,4 +675,6 @@ QLTEST_MAIN(QLT(test_thread_pool_completion_runs_in_home_thread),
             QLT(test_thread_pool_10000_requests_in_flight_complete),
             QLT(test_thread_pool_request_without_callback_completes),
             QLT(test_thread_pool_callback_may_poll_for_another_completion),
-            QLT(test_thread_pool_submit_from_other_thread_completes_in_home))
+            QLT(test_thread_pool_submit_from_other_thread_completes_in_home),
+            QLT(test_thread_pool_qemu_compat_names_use_current_context),
+            QLT(test_thread_pool_works_in_a_forked_child))

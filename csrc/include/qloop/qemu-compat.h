@@ -192,6 +192,27 @@ static inline bool timer_expired(QEMUTimer *ts, int64_t current_time)
 #define qemu_aio_get(pool, bs, cb, opaque) ((void)(bs), (void *)ql_aio_get((pool), (cb), (opaque)))
 #define qemu_aio_release(p) ((void)ql_aio_release((QLAIOCB *)(p)))
 
+/* ---- thread pool (util/thread-pool.c) ---------------------------------
+ * Requests go to the default pool of the current context (the one being
+ * polled, else the main context), like QEMU's.  thread_pool_submit_aio()
+ * returns the request handle (for ql_thread_pool_cancel) as void *.
+ * Completions of one batch run in submission order (QEMU: newest first). */
+typedef QLThreadPool ThreadPool;
+typedef QLThreadPoolFunc ThreadPoolFunc;
+typedef QLThreadPoolCompletionFunc BlockCompletionFunc;
+static inline QLThreadPool *ql__compat_current_pool(void)
+{
+    QLContext *ctx = ql_context_current();
+    return ql_context_thread_pool(ctx ? ctx : ql_get_aio_context());
+}
+#define aio_get_thread_pool(ctx) ql_context_thread_pool(ctx)
+#define thread_pool_submit_aio(func, arg, cb, opaque) \
+    ((void *)ql_thread_pool_submit(ql__compat_current_pool(), (func), (arg), (cb), (opaque)))
+#define thread_pool_submit(func, arg) \
+    ((void)ql_thread_pool_submit(ql__compat_current_pool(), (func), (arg), NULL, NULL))
+#define thread_pool_submit_co(func, arg) \
+    ql_thread_pool_submit_co(ql__compat_current_pool(), (func), (arg))
+
 #ifdef __cplusplus
 }
 #endif

@@ -15,9 +15,10 @@
 #include "qloop/notifier.h"
 #include "qloop/context.h"
 #include "qloop/coroutine.h"
+#include "qloop/thread-pool.h"
+#include "qloop/task.h"
 #include "qloop/aiocb.h"
 #include "qloop/main-loop.h"
-#include "qloop/thread-pool.h"
 #include "qloop/channel.h"
 
 #endif /* QLOOP_QLOOP_H */

@@ -19,6 +19,10 @@
  * order it was asked for whenever it finished together.  Completions of
  * requests that finish at different times are delivered in finishing order.
  *
+ * fork(): the child keeps the pools but none of their workers; its own
+ * submits start new ones.  Requests the parent's workers were running never
+ * complete in the child.
+ *
  * Every context has a default pool, created on first use by
  * ql_context_thread_pool() and freed with the context.  Standalone pools
  * (ql_thread_pool_new) are owned by the caller; if their context is freed
@@ -105,14 +109,14 @@ QLContext *ql_thread_pool_context(QLThreadPool *pool);
 int ql_thread_pool_num_threads(QLThreadPool *pool);
 int ql_thread_pool_num_idle(QLThreadPool *pool);
 int ql_thread_pool_num_in_flight(QLThreadPool *pool);
-/* cffi:end */
 
 /* Coroutine only: submit func(arg) to pool, yield until it completed, and
  * return its result (-ECANCELED if it was cancelled).  -EPERM outside a
  * coroutine; the errors of ql_thread_pool_submit() as -errno.  The pool's
  * home context should be the coroutine's (the wakeup crosses threads
- * otherwise, through ql_co_wake).  Defined in thread-pool-co.c. */
+ * otherwise, through ql_co_wake).  (thread-pool-co.c) */
 int ql_thread_pool_submit_co(QLThreadPool *pool, QLThreadPoolFunc *func, void *arg);
+/* cffi:end */
 
 #ifdef __cplusplus
 }
