@@ -26,7 +26,12 @@ struct QLChannel {
 /* True inside a coroutine (false when coroutines are not built in). */
 bool ql__channel_in_coroutine(void);
 
-/* Drop the fd handlers a waiting coroutine installed (channel is closing). */
-void ql__channel_yield_cleanup(QLChannel *ch);
+/* The channel is closing: drop the fd handlers that waiting coroutines
+ * installed and hand those coroutines (read, write; NULL if none) back in
+ * waiters[2]. */
+void ql__channel_yield_cleanup(QLChannel *ch, QLCoroutine **waiters);
+/* Wake the coroutines returned by ql__channel_yield_cleanup: they resume in
+ * their wait, retry and see the channel closed (-EBADF). */
+void ql__channel_wake_waiters(QLCoroutine **waiters);
 
 #endif

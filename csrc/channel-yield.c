@@ -113,9 +113,11 @@ void ql_channel_wake(QLChannel *ch, int cond)
     }
 }
 
-void ql__channel_yield_cleanup(QLChannel *ch)
+void ql__channel_yield_cleanup(QLChannel *ch, QLCoroutine **waiters)
 {
     QLContext *rc = ch->read_ctx, *wc = ch->write_ctx;
+    waiters[0] = ch->read_co;
+    waiters[1] = ch->write_co;
     ch->read_co = ch->write_co = NULL;
     ch->read_ctx = ch->write_ctx = NULL;
     if (rc) {
@@ -123,5 +125,14 @@ void ql__channel_yield_cleanup(QLChannel *ch)
     }
     if (wc && wc != rc) {
         update_handlers(ch, wc);
+    }
+}
+
+void ql__channel_wake_waiters(QLCoroutine **waiters)
+{
+    for (int i = 0; i < 2; i++) {
+        if (waiters[i]) {
+            ql_co_wake(waiters[i]);
+        }
     }
 }

@@ -44,7 +44,8 @@ int ql_channel_close(QLChannel *ch)
     if (ch->rfd < 0) {
         return 0;
     }
-    ql__channel_yield_cleanup(ch);
+    QLCoroutine *waiters[2];
+    ql__channel_yield_cleanup(ch, waiters);
     int ret = 0;
     if (close(ch->rfd) < 0 && errno != EINTR) {
         ret = -errno;
@@ -53,15 +54,18 @@ int ql_channel_close(QLChannel *ch)
         ret = -errno;
     }
     ch->rfd = ch->wfd = -1;
+    ql__channel_wake_waiters(waiters);
     return ret;
 }
 
 void ql_channel_detach(QLChannel *ch)
 {
+    QLCoroutine *waiters[2] = {NULL, NULL};
     if (ch->rfd >= 0) {
-        ql__channel_yield_cleanup(ch);
+        ql__channel_yield_cleanup(ch, waiters);
     }
     ch->rfd = ch->wfd = -1;
+    ql__channel_wake_waiters(waiters);
 }
 
 int ql_channel_free(QLChannel *ch)

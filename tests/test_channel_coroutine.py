@@ -218,3 +218,20 @@ def test_echo_demo_uses_coroutine_clients(capsys):
 
     _echo.run(clients=2, size=10, seconds=0.2, progress=False)
     assert "coroutine clients" in capsys.readouterr().out
+
+
+def test_close_wakes_a_waiting_coroutine_with_ebadf(ctx):
+    a, b = qloop.QIOChannelSocket.pair()
+
+    def reader():
+        with pytest.raises(OSError) as ei:
+            b.read_all(4)
+        return ei.value.errno
+
+    def closer():
+        b.close()
+
+    import errno
+
+    assert run_all(ctx, reader, closer)[0] == errno.EBADF
+    a.close()

@@ -411,6 +411,26 @@ static void test_channel_write_all_yields_when_full(void)
     ql_context_free(ctx);
 }
 
+static void test_channel_close_wakes_waiter_with_ebadf(void)
+{
+    QLContext *ctx = ql_context_new();
+    ql_context_set_current(ctx);
+    int sv[2];
+    pair(sv);
+    CoRead r = {.ch = ql_channel_new(sv[1], -1, QL_CHANNEL_AUTO), .len = 4};
+    QLCoroutine *co = ql_coroutine_create(co_read_all, &r);
+    ql_coroutine_enter(co);
+    QL_CHECK_EQ(r.step, 1);
+    QL_CHECK_EQ(ql_channel_close(r.ch), 0);
+    QL_CHECK_EQ(r.step, 2);
+    QL_CHECK_EQ(r.ret, -EBADF);
+    QL_CHECK_EQ(ql_context_poll(ctx, false), 0); /* no handler left behind */
+    ql_channel_free(r.ch);
+    close(sv[0]);
+    ql_context_set_current(NULL);
+    ql_context_free(ctx);
+}
+
 QLTEST_MAIN(QLT(test_channel_socket_roundtrip), QLT(test_channel_nonblocking_reports_block),
             QLT(test_channel_pipe_nonblocking_reports_block),
             QLT(test_channel_write_to_closed_peer_is_epipe_not_sigpipe),
@@ -423,4 +443,5 @@ QLTEST_MAIN(QLT(test_channel_socket_roundtrip), QLT(test_channel_nonblocking_rep
             QLT(test_channel_yield_outside_coroutine_is_eperm),
             QLT(test_channel_read_all_yields_in_coroutine),
             QLT(test_channel_second_waiter_is_ebusy_and_wake_works),
-            QLT(test_channel_write_all_yields_when_full))
+            QLT(test_channel_write_all_yields_when_full),
+            QLT(test_channel_close_wakes_waiter_with_ebadf))

@@ -75,12 +75,12 @@ QLChannel *ql_channel_new(int fd, int wfd, int flags);
 
 /* Close the fds (once; both if they differ) and free the channel.  Returns 0
  * or the first close error (the fds are gone either way).  No coroutine may
- * be waiting on the channel. */
+ * be waiting on the channel (close it first: that wakes them). */
 int ql_channel_free(QLChannel *ch);
 
 /* Close the fds but keep the channel object: later I/O returns -EBADF.
- * Removes a handler left by a waiting coroutine (that coroutine is not
- * woken; do not close under a waiter).  Idempotent: 0 the second time. */
+ * Coroutines waiting on the channel are woken (their read_all/write_all
+ * then fail with -EBADF).  Idempotent: 0 the second time. */
 int ql_channel_close(QLChannel *ch);
 
 /* Give the fds up without closing them; the channel behaves as closed. */
