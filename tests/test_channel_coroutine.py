@@ -235,3 +235,47 @@ def test_close_wakes_a_waiting_coroutine_with_ebadf(ctx):
 
     assert run_all(ctx, reader, closer)[0] == errno.EBADF
     a.close()
+
+
+def test_connect_and_accept_yield_in_coroutines(ctx):
+    srv = qloop.QIOChannelSocket()
+    srv.listen_sync(("127.0.0.1", 0))
+    addr = srv.local_address
+    order = []
+
+    def acceptor():
+        order.append("accept waits")
+        conn = srv.accept()  # blocking listener: yields instead of blocking
+        order.append("accepted")
+        data = conn.read_all(5)
+        conn.close()
+        return data
+
+    def connector():
+        order.append("connect")
+        c = qloop.QIOChannelSocket()
+        c.connect_sync(addr)
+        assert c.remote_address == addr
+        c.write_all(b"hello")
+        c.close()
+
+    assert run_all(ctx, acceptor, connector)[0] == b"hello"
+    assert order[:2] == ["accept waits", "connect"]
+    srv.close()
+
+
+def test_connect_refused_in_coroutine(ctx):
+    import socket as pysocket
+
+    s = pysocket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+
+    def connector():
+        c = qloop.QIOChannelSocket()
+        with pytest.raises(ConnectionRefusedError):
+            c.connect_sync(("127.0.0.1", port))
+        return c.closed
+
+    assert run_all(ctx, connector) == [True]

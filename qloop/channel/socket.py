@@ -12,7 +12,7 @@ import os
 import socket as _socket
 
 from .base import (FEATURE_FD_PASS, FEATURE_LISTEN, FEATURE_READ_MSG_PEEK, FEATURE_SHUTDOWN,
-                   SHUTDOWN_BOTH, SHUTDOWN_READ, SHUTDOWN_WRITE)
+                   IO_IN, IO_OUT, SHUTDOWN_BOTH, SHUTDOWN_READ, SHUTDOWN_WRITE, in_coroutine)
 from .fdbase import FdChannelBase
 
 _HOW = {SHUTDOWN_READ: _socket.SHUT_RD, SHUTDOWN_WRITE: _socket.SHUT_WR,
@@ -114,21 +114,49 @@ class QIOChannelSocket(FdChannelBase):
 
     # ---- connect / listen ---------------------------------------------
     def connect_sync(self, addr):
-        """Connect (blocking: name resolution and connect wait)."""
+        """Connect.  Outside a coroutine the thread waits (GIL released);
+        inside one the connect itself yields until it completes (name
+        resolution still blocks: use numeric addresses or connect_async)."""
         if not self.closed:
             raise ValueError("Socket is already open")
         err = None
+        co = in_coroutine()
         for fam, sa in resolve(addr):
             s = _socket.socket(fam, _socket.SOCK_STREAM)
             try:
+                if co:
+                    self._connect_yielding(s, sa)
+                    return
                 s.connect(sa)
             except OSError as e:
                 s.close()
+                if not self.closed:
+                    self._close_fds()
                 err = err or e
                 continue
             self._set_fd(s.detach())
             return
         raise err if err else OSError(errno.EADDRNOTAVAIL, "no address to connect to")
+
+    def _connect_yielding(self, s, sa):
+        s.setblocking(False)
+        rc = s.connect_ex(sa)
+        if rc not in (0, errno.EINPROGRESS, errno.EAGAIN):
+            raise OSError(rc, os.strerror(rc))
+        fd = s.detach()
+        os.set_blocking(fd, True)  # the channel's default mode
+        self._open(fd, -1, True)
+        if rc != 0:
+            self.yield_(IO_OUT)
+            s2 = self._sock()
+            try:
+                rc = s2.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+            finally:
+                s2.detach()
+            if rc:
+                raise OSError(rc, os.strerror(rc))
+        fd = self._detach()
+        self._set_fd(fd)
 
     def listen_sync(self, addr, num=128):
         """Bind and listen (backlog ``num``).  A UNIX path is unlinked at close."""
@@ -186,7 +214,7 @@ class QIOChannelSocket(FdChannelBase):
             raise ValueError("I/O operation on a closed channel")
         while True:
             if self.blocking:
-                self.wait(1)  # IO_IN: GIL released, no other callback runs
+                self._wait_io(IO_IN)  # yield in a coroutine, else wait (GIL released)
             s = self._sock()
             try:
                 s.setblocking(False)
