@@ -4,7 +4,6 @@ import socket
 import subprocess
 import sys
 
-import qloop
 from qloop import _echo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -146,7 +146,6 @@ def test_watch_exception_raised_by_poll(ctx):
 
 def test_wait_blocks_until_ready():
     import threading
-    import time
 
     a, b = qloop.QIOChannelSocket.pair()
     t = threading.Timer(0.05, lambda: a.write(b"z"))

@@ -1,6 +1,5 @@
 """QIOChannelTLS with a certificate made by the test, against itself and
 against openssl s_server / s_client."""
-import os
 import shutil
 import socket
 import ssl

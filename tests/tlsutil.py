@@ -6,7 +6,7 @@ import pytest
 
 
 def make_pki(tmp_path):
-    crypto = pytest.importorskip("cryptography")  # noqa: F841
+    pytest.importorskip("cryptography")
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
