@@ -4,6 +4,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from qloop import _echo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +30,10 @@ def test_echo_cli_bad_args():
 
 
 def test_bench_echo_server_prints_ready_and_echoes():
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "echo_qloop_server.py"),
+    script = os.path.join(ROOT, "bench", "echo_qloop_server.py")
+    if not os.path.exists(script):
+        pytest.skip("bench/ is not next to tests/ (wheel test run)")
+    p = subprocess.Popen([sys.executable, script,
                           "--port", "0", "--seconds", "30"], stdout=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline()
