@@ -187,6 +187,7 @@ __all__ = [
     "QIOChannelWebsock",
     "QIONetListener",
     "QIOTask",
+    "run",
     "run_in_thread",
     "set_fd_handler",
     "SHUTDOWN_BOTH",
