@@ -183,3 +183,24 @@ def test_listener_gc_unlinks_unix_path(tmp_path):
     del ch
     gc.collect()
     assert not os.path.exists(path)
+
+
+def test_close_removes_watches(ctx):
+    a, b = qloop.QIOChannelSocket.pair()
+    calls = []
+    w = b.add_watch(qloop.IO_IN | qloop.IO_OUT, lambda ch, c: calls.append(c) or True, ctx)
+    a.write(b"x")
+    b.close()
+    assert not w.active
+    ctx.poll(False)  # no EBADF: the fd handler went away with the fd
+    ctx.poll(False)
+    assert calls == []
+    a.close()
+
+
+def test_tls_style_wrapper_close_removes_its_watches(ctx):
+    buf = qloop.QIOChannelBuffer()
+    w = buf.add_watch(qloop.IO_IN, lambda ch, c: True, ctx)
+    buf.close()
+    assert not w.active
+    ctx.poll(False)

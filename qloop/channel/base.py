@@ -243,6 +243,12 @@ class QIOChannel:
     def close(self):
         raise NotImplementedError
 
+    def _drop_watches(self):
+        """Remove the watches still attached to this channel (it is closing:
+        their fd handlers must not outlive the fds)."""
+        for w in list(self.__dict__.get("_watch_set", ())):
+            w.remove()
+
     def shutdown(self, how):
         """Shut down reading, writing or both (SHUTDOWN_READ/WRITE/BOTH)."""
         raise OSError(errno.ENOTSUP, "Data path shutdown not supported")
@@ -434,6 +440,7 @@ class Watch:
         self._cb = cb
         self._ctx = ctx
         self.active = True
+        self.channel.__dict__.setdefault("_watch_set", set()).add(self)
         fds = self.channel._watch_fds()
         cond = self.condition
         if fds is not None:
@@ -458,6 +465,7 @@ class Watch:
         if not self.active:
             return
         self.active = False
+        self.channel.__dict__.get("_watch_set", set()).discard(self)
         for m, lst in self._entries:
             try:
                 lst.remove(self)

@@ -71,6 +71,7 @@ class QIOChannelCommand(FdChannelBase):
         is in ``returncode``; it is not checked).  With ``kill_after``
         (seconds) a child still running by then gets SIGTERM, then SIGKILL.
         No zombie is left either way."""
+        self._drop_watches()
         try:
             self._close_fds()
         finally:

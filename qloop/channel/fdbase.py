@@ -39,6 +39,7 @@ class FdChannelBase(_core.FdChannel, QIOChannel):
 
     def close(self):
         """Close the fd(s).  Closing twice does nothing."""
+        self._drop_watches()
         self._close_fds()
 
     def _watch_fds(self):

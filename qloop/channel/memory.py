@@ -70,6 +70,7 @@ class QIOChannelBuffer(QIOChannel):
         return offset
 
     def close(self):
+        self._drop_watches()
         self.data = bytearray()
         self.offset = 0
         self._closed = True
@@ -110,6 +111,7 @@ class QIOChannelNull(QIOChannel):
         return 0
 
     def close(self):
+        self._drop_watches()
         self._closed = True
 
     def _watch_ready(self, condition):

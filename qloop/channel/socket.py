@@ -283,6 +283,7 @@ class QIOChannelSocket(FdChannelBase):
     def close(self):
         """Close the socket; a listening UNIX socket's path is unlinked.
         Closing twice does nothing."""
+        self._drop_watches()
         path, self._unlink_path = self._unlink_path, None
         if path is not None and not self.closed:
             try:

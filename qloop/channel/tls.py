@@ -204,6 +204,7 @@ class QIOChannelTLS(HandshakeMixin, QIOChannel):
     def close(self):
         """Cancel a pending handshake and close the master."""
         self._hs_cancel()
+        self._drop_watches()
         self.master.close()
 
     @property

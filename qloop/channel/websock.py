@@ -395,6 +395,7 @@ class QIOChannelWebsock(HandshakeMixin, QIOChannel):
 
     def close(self):
         self._hs_cancel()
+        self._drop_watches()
         self.master.close()
 
     @property
