@@ -71,8 +71,7 @@ int ql_co_enter(QLContext *ctx, QLCoroutine *co)
             return ql__misuse(-EBUSY, "Co-routine re-entered recursively");
         }
         /* Runs when the current coroutine yields or ends (F65). */
-        ql__coroutine_defer_wake(co);
-        return 0;
+        return ql__coroutine_defer_wake(co);
     }
     return ql__coroutine_enter_ctx(ctx ? ctx : cur, co);
 }

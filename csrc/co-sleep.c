@@ -58,7 +58,25 @@ static void co_sleep_wake(QLCoSleep *w, bool early)
 
 static void co_sleep_timer_cb(void *opaque)
 {
-    co_sleep_wake(opaque, false);
+    QLCoroutine *co = opaque;
+
+    if (co->sleep_w) {
+        co_sleep_wake(co->sleep_w, false);
+    }
+}
+
+/* The record's timer if it fits (same live context, same clock), else a
+ * new one replacing it: steady-state sleeps allocate nothing. */
+static QLTimer *co_sleep_timer(QLCoroutine *self, QLContext *ctx, QLClockType clock)
+{
+    QLTimer *t = self->sleep_timer;
+
+    if (t && __atomic_load_n(&t->ctx, __ATOMIC_RELAXED) == ctx && t->type == clock) {
+        return t;
+    }
+    ql_timer_free(t);
+    self->sleep_timer = ql_timer_new(ctx, clock, co_sleep_timer_cb, self, sleep_name);
+    return self->sleep_timer;
 }
 
 void ql_co_sleep_wake(QLCoSleep *w)
@@ -89,20 +107,21 @@ int ql_co_sleep_ns_wakeable(QLCoSleep *w, QLClockType clock, int64_t ns)
     if (w->to_wake) {
         return ql__misuse(-EBUSY, "QLCoSleep already has a sleeper");
     }
-    t = ql_timer_new(ctx, clock, co_sleep_timer_cb, w, sleep_name);
+    t = co_sleep_timer(self, ctx, clock);
     if (!t) {
         return -ENOMEM;
     }
     if (!__atomic_compare_exchange_n(&self->scheduled, &old, sleep_name, false,
                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        ql_timer_free(t);
         return ql__misuse(-EALREADY, "Co-routine was already scheduled in '%s'", old);
     }
     w->to_wake = self;
     w->early = false;
-    ql_timer_mod(t, ql_clock_get_ns(ctx, clock) + (ns > 0 ? ns : 0));
+    self->sleep_w = w;
+    ql_timer_mod_in(t, ns);
     ql__coroutine_yield();
-    ql_timer_free(t); /* disarms it after an early wake */
+    self->sleep_w = NULL;
+    ql_timer_del(t); /* cancels the timeout after an early wake */
     return w->early ? 1 : 0;
 }
 

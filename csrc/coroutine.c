@@ -33,6 +33,7 @@ static pthread_key_t co_key;
 static __thread QLCoThread co_tls;
 
 static void co_thread_exit(void *opaque);
+static void co_free(QLCoroutine *co);
 
 static void co_global_init(void)
 {
@@ -88,7 +89,7 @@ static void co_thread_exit(void *opaque)
 
     while ((co = t->free_cos)) {
         t->free_cos = co->pool_next;
-        free(co);
+        co_free(co);
     }
     t->n_free_cos = 0;
     ql__co_stack_thread_exit(t);
@@ -164,6 +165,12 @@ void ql__coroutine_main(QLCoroutine *co)
 
 /* ---- records ---------------------------------------------------------- */
 
+static void co_free(QLCoroutine *co)
+{
+    ql_timer_free(co->sleep_timer);
+    free(co);
+}
+
 static void co_release(QLCoroutine *co)
 {
     QLCoThread *t = ql__co_thread();
@@ -173,7 +180,7 @@ static void co_release(QLCoroutine *co)
         t->free_cos = co;
         t->n_free_cos++;
     } else {
-        free(co);
+        co_free(co);
     }
 }
 
@@ -182,6 +189,7 @@ QLCoroutine *ql_coroutine_create_full(QLCoroutineFunc *entry, void *opaque, size
     QLCoThread *t = ql__co_thread();
     QLCoroutine *co;
     QLCoStack *st;
+    QLTimer *sleep_timer = NULL;
     size_t size = ql__co_stack_round(stack_size);
 
     if (!t->altstack) {
@@ -191,12 +199,14 @@ QLCoroutine *ql_coroutine_create_full(QLCoroutineFunc *entry, void *opaque, size
         co = t->free_cos;
         t->free_cos = co->pool_next;
         t->n_free_cos--;
+        sleep_timer = co->sleep_timer;
     } else {
         co = malloc(sizeof *co);
         if (!co) {
             errno = ENOMEM;
             return NULL;
         }
+        co->sleep_timer = NULL;
     }
     st = ql__co_stack_get(t, size);
     if (!st) {
@@ -206,6 +216,7 @@ QLCoroutine *ql_coroutine_create_full(QLCoroutineFunc *entry, void *opaque, size
         return NULL;
     }
     memset(co, 0, sizeof *co);
+    co->sleep_timer = sleep_timer;
     co->entry = entry;
     co->opaque = opaque;
     co->refcnt = 1;
@@ -274,6 +285,9 @@ static int co_check_enter(QLCoroutine *co)
     if (sched) {
         return ql__misuse(-EALREADY, "Co-routine was already scheduled in '%s'", sched);
     }
+    if (co->wakeup_queued) {
+        return ql__misuse(-EALREADY, "Co-routine was already scheduled in 'ql_co_wake'");
+    }
     if (co->caller) {
         return ql__misuse(-EBUSY, "Co-routine re-entered recursively");
     }
@@ -302,6 +316,7 @@ int ql__coroutine_enter_ctx(QLContext *ctx, QLCoroutine *co)
 
         pending = to->wakeup_next;
         to->wakeup_next = NULL;
+        to->wakeup_queued = false;
         if (to != co && co_check_enter(to) < 0) {
             continue;
         }
@@ -369,10 +384,14 @@ int ql_coroutine_yield(void)
     return 0;
 }
 
-void ql__coroutine_defer_wake(QLCoroutine *co)
+int ql__coroutine_defer_wake(QLCoroutine *co)
 {
     QLCoroutine *self = ql__co_thread()->current;
 
+    if (co->wakeup_queued) {
+        return ql__misuse(-EALREADY, "Co-routine was already scheduled in 'ql_co_wake'");
+    }
+    co->wakeup_queued = true;
     co->wakeup_next = NULL;
     if (self->wakeup_tail) {
         self->wakeup_tail->wakeup_next = co;
@@ -380,6 +399,7 @@ void ql__coroutine_defer_wake(QLCoroutine *co)
         self->wakeup_head = co;
     }
     self->wakeup_tail = co;
+    return 0;
 }
 
 /* ---- queries ---------------------------------------------------------- */

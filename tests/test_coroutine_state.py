@@ -210,6 +210,7 @@ def test_data_stack_interleaving_big_frames():
         assert a.result() == expect[1] and b.result() == expect[2]
 
 
+@pytest.mark.rss
 def test_create_finish_cycles_keep_memory_flat():
     rc, out, err = run_child("""
         import gc

@@ -214,6 +214,7 @@ static void test_co_wake_from_other_thread_runs_in_its_context_thread(void)
 static QLCoMutex *xt_mutex;
 static long xt_counter;
 static int xt_errors;
+static int xt_threads_done;
 
 static void co_xt_locker(void *opaque)
 {
@@ -248,6 +249,12 @@ static void *xt_thread(void *opaque)
     while (finished < XT_COS) {
         ql_context_poll(ctx, true);
     }
+    /* The other thread may still be scheduling into our context (a lock
+     * hand-off in flight) until all its coroutines are done too. */
+    __atomic_fetch_add(&xt_threads_done, 1, __ATOMIC_ACQ_REL);
+    while (__atomic_load_n(&xt_threads_done, __ATOMIC_ACQUIRE) < 2) {
+        sched_yield();
+    }
     ql_context_set_current(NULL);
     ql_context_free(ctx);
     return NULL;
@@ -260,6 +267,7 @@ static void test_comutex_hands_off_across_threads(void)
     xt_mutex = ql_co_mutex_new();
     xt_counter = 0;
     xt_errors = 0;
+    xt_threads_done = 0;
     for (int i = 0; i < 2; i++) {
         pthread_create(&th[i], NULL, xt_thread, NULL);
     }
@@ -350,6 +358,36 @@ static void test_co_sleeping_coroutine_cannot_be_entered_or_scheduled(void)
     ql_context_free(ctx);
 }
 
+static void co_sleep_twice(void *opaque)
+{
+    struct sleeper *s = opaque;
+    s->ret = ql_co_sleep_ns(QL_CLOCK_VIRTUAL, s->ns);
+    s->ret += ql_co_sleep_ns(QL_CLOCK_VIRTUAL, s->ns);
+    s->done = true;
+}
+
+/* The timer kept with a pooled record must follow the record to a new
+ * context (the old one was freed; a new one may reuse its address). */
+static void test_co_sleep_after_context_freed_uses_new_context(void)
+{
+    for (int round = 0; round < 3; round++) {
+        QLContext *ctx = ql_context_new();
+        struct sleeper s = {NULL, 100, -1, false};
+
+        ql_context_set_current(ctx);
+        ql_coroutine_enter(ql_coroutine_create(co_sleep_twice, &s));
+        ql_virtual_clock_advance(ctx, 100);
+        poll_all(ctx);
+        QL_CHECK(!s.done);
+        ql_virtual_clock_advance(ctx, 100);
+        poll_all(ctx);
+        QL_CHECK(s.done);
+        QL_CHECK_EQ(s.ret, 0);
+        ql_context_set_current(NULL);
+        ql_context_free(ctx);
+    }
+}
+
 static void test_co_sleep_outside_coroutine_is_eperm(void)
 {
     QL_CHECK_EQ(ql_co_sleep_ns(QL_CLOCK_VIRTUAL, 1), -EPERM);
@@ -364,4 +402,5 @@ QLTEST_MAIN(QLT(test_co_schedule_runs_in_next_poll_in_order),
             QLT(test_co_sleep_ns_returns_after_virtual_time),
             QLT(test_co_sleep_wake_early_returns_1_and_cancels_timeout),
             QLT(test_co_sleeping_coroutine_cannot_be_entered_or_scheduled),
+            QLT(test_co_sleep_after_context_freed_uses_new_context),
             QLT(test_co_sleep_outside_coroutine_is_eperm))
