@@ -9,6 +9,12 @@ A stream that ends in the middle of ``read_all`` raises
 :class:`UnexpectedEOFError` (a subclass of :class:`EOFError`) whose
 ``partial`` attribute holds the bytes that did arrive.
 
+Watches (``add_watch``) share one fd handler per fd and context; a coroutine
+waiting inside ``read_all``/``write_all``/``yield_`` owns the fd's handler in
+its context while it waits (as in QEMU): do not watch the same fd in the same
+context meanwhile.  Closing a channel removes its watches and wakes the
+coroutines waiting on it (they get EBADF).
+
 OS failures are :class:`OSError` subclasses with errno (a peer that went away
 mid-write gives BrokenPipeError or ConnectionResetError; SIGPIPE never kills
 the process); bad arguments are TypeError/ValueError naming the argument.

@@ -26,6 +26,11 @@
  *
  * Threads: a channel belongs to one thread at a time (the one doing I/O on
  * it); at most one coroutine may wait in each direction.
+ *
+ * A coroutine wait owns the fd's handler registration in its context for
+ * its duration (as in QEMU, where qio_channel_yield sets the fd's aio
+ * handlers): do not register other handlers for the same fd in the same
+ * context while a coroutine waits on it.
  */
 #ifndef QLOOP_CHANNEL_H
 #define QLOOP_CHANNEL_H
