@@ -123,8 +123,9 @@ static void fdch_dealloc(FdChannelObject *self)
 
 static int fdch_traverse(FdChannelObject *self, visitproc visit, void *arg)
 {
+    /* Not Py_TYPE(self): this is a static type, and the Python subclasses'
+     * subtype_traverse visits their (heap) type itself. */
     Py_VISIT(self->dict);
-    Py_VISIT(Py_TYPE(self));
     return 0;
 }
 
