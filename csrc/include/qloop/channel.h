@@ -103,12 +103,14 @@ bool ql_channel_get_blocking(QLChannel *ch);
 /* One read of up to len bytes.  Returns the count (> 0), 0 at end of file,
  * QL_CHANNEL_ERR_BLOCK when non-blocking and nothing is available, or
  * -errno.  In blocking mode it waits (ql_channel_wait) until something
- * arrives.  Owner thread. */
+ * arrives; a signal during that wait returns -EINTR (call again after
+ * handling it).  Owner thread. */
 ssize_t ql_channel_read(QLChannel *ch, void *buf, size_t len);
 
 /* One write of up to len bytes: count written (may be short), or
  * QL_CHANNEL_ERR_BLOCK, or -errno (-EPIPE / -ECONNRESET when the peer is
- * gone).  Blocking mode waits until some bytes are written. */
+ * gone).  Blocking mode waits until some bytes are written (-EINTR as
+ * ql_channel_read). */
 ssize_t ql_channel_write(QLChannel *ch, const void *buf, size_t len);
 
 /* Read exactly len bytes, waiting as needed (yield in a coroutine, poll
