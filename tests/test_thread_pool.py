@@ -276,7 +276,7 @@ def test_closing_context_waits_running_cancels_queued_and_joins_workers():
     assert threading.enumerate() == threads_before
     # the helper thread may still be on its way out of the kernel; our
     # workers were joined by close() (tests/c checks that exactly)
-    wait_for(lambda: task_count() == tasks_before)
+    wait_for(lambda: task_count() <= tasks_before)  # other tests' threads may exit meanwhile
 
 
 def test_closing_standalone_pool_waits_and_cancels(ctx):
@@ -302,7 +302,7 @@ def test_closing_standalone_pool_waits_and_cancels(ctx):
     pool.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         pool.submit(int)
-    wait_for(lambda: task_count() == tasks_before)
+    wait_for(lambda: task_count() <= tasks_before)  # other tests' threads may exit meanwhile
 
 
 def test_pool_context_manager_closes(ctx):
