@@ -681,7 +681,7 @@ static void co_kill(QLPyCoroutine *self)
 
 static int killable(QLPyCoroutine *self)
 {
-    return self->state == QLPY_CO_SUSPENDED && !self->blocked && !self->immortal &&
+    return self->state == QLPY_CO_SUSPENDED && !self->blocked && !self->immortal && !self->kill &&
            !self->pins && !ql_coroutine_entered(self->co);
 }
 
@@ -998,18 +998,26 @@ static PyObject *mod_coroutine_yield(PyObject *m, PyObject *Py_UNUSED(unused))
         if (self->held) {
             /* Only our own references are left: once suspended nobody could
              * ever resume us.  Unwind now, as the garbage collector would. */
-            self->kill = 1;
+            if (!self->kill) {
+                self->kill = 2;
+                goto killed;
+            }
+            if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                                 "CoroutineExit did not kill %R: it is leaked",
+                                 (PyObject *)self) < 0) {
+                return NULL;
+            }
         }
     }
-    if (!self->kill) {
-        ql_coroutine_yield(); /* the hooks switch the thread state */
-    }
-    if (self->kill) {
-        PyErr_SetString(qlpy_CoroutineExit,
-                        "coroutine killed: all references to it have vanished");
-        return NULL;
+    ql_coroutine_yield(); /* the hooks switch the thread state */
+    if (self->kill == 1) {
+        self->kill = 2; /* thrown once */
+        goto killed;
     }
     Py_RETURN_NONE;
+killed:
+    PyErr_SetString(qlpy_CoroutineExit, "coroutine killed: all references to it have vanished");
+    return NULL;
 }
 
 static PyObject *mod_coroutine_self(PyObject *m, PyObject *Py_UNUSED(unused))

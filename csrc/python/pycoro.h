@@ -53,7 +53,7 @@ typedef struct QLPyCoroutine {
     int held;
     unsigned char state;
     unsigned char py_entering;  /* inside a Python-level enter() / kill */
-    unsigned char kill;         /* CoroutineExit requested */
+    unsigned char kill;         /* CoroutineExit: 1 requested, 2 thrown */
     unsigned char exc_taken;    /* enter() or join() already raised exc */
     unsigned char immortal;     /* survived a kill: leaked on purpose */
     size_t stack_size;
