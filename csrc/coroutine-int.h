@@ -1,7 +1,8 @@
 /*
  * Internal: the coroutine record, the stack descriptor and the per-thread
- * coroutine state shared by coroutine.c, the switch backends, the stack pool
- * and the synchronisation primitives (co-lock.c, co-schedule.c, co-sleep.c).
+ * coroutine state shared by coroutine.c, the switch backends (their ops
+ * table is in coroutine-switch.h), the stack pool and the synchronisation
+ * primitives (co-lock.c, co-schedule.c, co-sleep.c).
  */
 #ifndef QLOOP_COROUTINE_INT_H
 #define QLOOP_COROUTINE_INT_H
@@ -38,11 +39,12 @@ enum {
  * lock) owns every field.
  */
 typedef struct QLCoStack {
+    void *sp;                   /* asm backend: saved stack pointer (offset 0:
+                                 * coroutine-asm.c relies on it) */
     void *base;                 /* lowest usable byte (just above the guard) */
     size_t size;                /* usable bytes */
     struct QLCoStack *next;     /* free-list link while pooled */
     QLCoroutine *co;            /* coroutine to start (ucontext trampoline) */
-    void *sp;                   /* asm backend: saved stack pointer */
     bool started;               /* backend set up this stack (stack_init) */
     bool fresh;                 /* ucontext: next switch starts the trampoline */
     bool hot;                   /* pages possibly resident (not MADV_DONTNEED'ed) */
@@ -70,6 +72,7 @@ struct QLCoroutine {
     QLCoroutine *wakeup_head;
     QLCoroutine *wakeup_tail;
     QLCoroutine *wakeup_next;   /* link in a wakeup list or enter's pending */
+    bool wakeup_queued;         /* on a wakeup list or pending: not enterable */
     QLCoroutine *sched_next;    /* link in ctx->co_sched_head (lock-free) */
     QLCoroutine *wait_next;     /* link in a wait queue (co-lock.c) */
     int wait_flags;             /* what we wait for (co-lock.c) */
@@ -87,6 +90,11 @@ struct QLCoroutine {
     QLCoroutineSwitchHook *hook_leave;
     QLCoroutineSwitchHook *hook_resume;
     QLCoroutine *pool_next;     /* free-list link while pooled */
+    /* co-sleep.c: timer kept with the record for the next sleep in the
+     * same context and clock (survives pooling; freed with the record),
+     * and the sleep in progress.  Touched by the home thread only. */
+    QLTimer *sleep_timer;
+    QLCoSleep *sleep_w;
 #ifdef QL_CO_ASAN
     const void *asan_bottom;    /* stack bounds for the fiber annotations */
     size_t asan_size;
@@ -121,12 +129,11 @@ void ql__coroutine_main(QLCoroutine *co) __attribute__((noreturn));
 /* Enter co in ctx (QEMU's qemu_aio_coroutine_enter): runs co and then the
  * coroutines it woke, depth-first, before returning. */
 int ql__coroutine_enter_ctx(QLContext *ctx, QLCoroutine *co);
-/* Queue co to run when the current coroutine yields or ends. */
-void ql__coroutine_defer_wake(QLCoroutine *co);
+/* Queue co to run when the current coroutine yields or ends.  0, or
+ * -EALREADY if co is queued already (misuse). */
+int ql__coroutine_defer_wake(QLCoroutine *co);
 /* Yield without the outside-a-coroutine check (caller checked). */
 void ql__coroutine_yield(void);
-
-/* ---- switch backends (coroutine-switch.h has the ops table) ---------- */
 
 /* ---- stacks (coroutine-stack.c) -------------------------------------- */
 

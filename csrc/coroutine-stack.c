@@ -187,14 +187,38 @@ static QLCoSlab *slab_new(size_t size)
     return slab;
 }
 
+/* True if the kernel refuses to read `p` (checked by writing one byte of
+ * it into a pipe: EFAULT).  Used once, to catch environments that accept
+ * MADV_GUARD_INSTALL without enforcing it (user-mode emulators). */
+static bool page_faults(const void *p)
+{
+    int fds[2];
+    ssize_t r;
+
+    if (pipe(fds) < 0) {
+        return true; /* cannot tell: trust the kernel */
+    }
+    r = write(fds[1], p, 1);
+    close(fds[0]);
+    close(fds[1]);
+    return r < 0 && errno == EFAULT;
+}
+
 /* Guard page below st->base.  0 or -errno. */
 static int stack_install_guard(QLCoStack *st)
 {
+    static int probed; /* atomic: the first madvise guard was checked */
     char *guard = (char *)st->base - page_size;
 
     if (!__atomic_load_n(&guard_mode, __ATOMIC_RELAXED)) {
         if (madvise(guard, page_size, MADV_GUARD_INSTALL) == 0) {
-            return 0;
+            if (__atomic_load_n(&probed, __ATOMIC_ACQUIRE) ||
+                __atomic_exchange_n(&probed, 1, __ATOMIC_ACQ_REL) || page_faults(guard)) {
+                return 0;
+            }
+            /* Accepted but not enforced: fall back for good. */
+            __atomic_store_n(&guard_mode, 1, __ATOMIC_RELAXED);
+            return mprotect(guard, page_size, PROT_NONE) < 0 ? -errno : 0;
         }
         if (errno != EINVAL) {
             return -errno;

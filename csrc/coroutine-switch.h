@@ -30,6 +30,9 @@ extern const QLCoSwitchOps ql__co_switch_ucontext;
 #if defined(__x86_64__) || defined(__aarch64__)
 #define QL_CO_HAVE_ASM 1
 extern const QLCoSwitchOps ql__co_switch_asm;
+/* The asm backend's swap, called directly on the hot path. */
+int ql__asm_swap(QLCoStack *from, QLCoStack *to, int action)
+    __attribute__((visibility("hidden")));
 #endif
 
 /* Backend in use: chosen once per process when the first thread touches

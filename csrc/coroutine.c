@@ -19,6 +19,7 @@
 #include <string.h>
 
 #ifdef QL_CO_ASAN
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -32,6 +33,7 @@ static pthread_key_t co_key;
 static __thread QLCoThread co_tls;
 
 static void co_thread_exit(void *opaque);
+static void co_free(QLCoroutine *co);
 
 static void co_global_init(void)
 {
@@ -87,7 +89,7 @@ static void co_thread_exit(void *opaque)
 
     while ((co = t->free_cos)) {
         t->free_cos = co->pool_next;
-        free(co);
+        co_free(co);
     }
     t->n_free_cos = 0;
     ql__co_stack_thread_exit(t);
@@ -121,7 +123,7 @@ static void co_asan_finish(void *fake)
 }
 #endif
 
-static int co_switch(QLCoThread *t, QLCoroutine *from, QLCoroutine *to, int action)
+static inline __attribute__((always_inline)) int co_switch(QLCoThread *t, QLCoroutine *from, QLCoroutine *to, int action)
 {
     int ret;
 #ifdef QL_CO_ASAN
@@ -132,6 +134,12 @@ static int co_switch(QLCoThread *t, QLCoroutine *from, QLCoroutine *to, int acti
                                    to->asan_bottom, to->asan_size);
 #endif
     t->current = to;
+#ifdef QL_CO_HAVE_ASM
+    /* A direct call is cheaper than the indirect one. */
+    if (__builtin_expect(ql__co_ops == &ql__co_switch_asm, 1)) {
+        ret = ql__asm_swap(from->stack, to->stack, action);
+    } else
+#endif
     ret = ql__co_ops->swap(from->stack, to->stack, action);
 #ifdef QL_CO_ASAN
     co_asan_finish(fake);
@@ -157,6 +165,12 @@ void ql__coroutine_main(QLCoroutine *co)
 
 /* ---- records ---------------------------------------------------------- */
 
+static void co_free(QLCoroutine *co)
+{
+    ql_timer_free(co->sleep_timer);
+    free(co);
+}
+
 static void co_release(QLCoroutine *co)
 {
     QLCoThread *t = ql__co_thread();
@@ -166,7 +180,7 @@ static void co_release(QLCoroutine *co)
         t->free_cos = co;
         t->n_free_cos++;
     } else {
-        free(co);
+        co_free(co);
     }
 }
 
@@ -175,6 +189,7 @@ QLCoroutine *ql_coroutine_create_full(QLCoroutineFunc *entry, void *opaque, size
     QLCoThread *t = ql__co_thread();
     QLCoroutine *co;
     QLCoStack *st;
+    QLTimer *sleep_timer = NULL;
     size_t size = ql__co_stack_round(stack_size);
 
     if (!t->altstack) {
@@ -184,12 +199,14 @@ QLCoroutine *ql_coroutine_create_full(QLCoroutineFunc *entry, void *opaque, size
         co = t->free_cos;
         t->free_cos = co->pool_next;
         t->n_free_cos--;
+        sleep_timer = co->sleep_timer;
     } else {
         co = malloc(sizeof *co);
         if (!co) {
             errno = ENOMEM;
             return NULL;
         }
+        co->sleep_timer = NULL;
     }
     st = ql__co_stack_get(t, size);
     if (!st) {
@@ -199,6 +216,7 @@ QLCoroutine *ql_coroutine_create_full(QLCoroutineFunc *entry, void *opaque, size
         return NULL;
     }
     memset(co, 0, sizeof *co);
+    co->sleep_timer = sleep_timer;
     co->entry = entry;
     co->opaque = opaque;
     co->refcnt = 1;
@@ -208,6 +226,9 @@ QLCoroutine *ql_coroutine_create_full(QLCoroutineFunc *entry, void *opaque, size
 #ifdef QL_CO_ASAN
     co->asan_bottom = st->base;
     co->asan_size = st->size;
+    /* A recycled stack still carries the poisoned redzones of the frames
+     * of the coroutine that ended on it. */
+    __asan_unpoison_memory_region(st->base, st->size);
 #endif
     ql__co_ops->prepare(st, co);
     return co;
@@ -264,6 +285,9 @@ static int co_check_enter(QLCoroutine *co)
     if (sched) {
         return ql__misuse(-EALREADY, "Co-routine was already scheduled in '%s'", sched);
     }
+    if (co->wakeup_queued) {
+        return ql__misuse(-EALREADY, "Co-routine was already scheduled in 'ql_co_wake'");
+    }
     if (co->caller) {
         return ql__misuse(-EBUSY, "Co-routine re-entered recursively");
     }
@@ -292,6 +316,7 @@ int ql__coroutine_enter_ctx(QLContext *ctx, QLCoroutine *co)
 
         pending = to->wakeup_next;
         to->wakeup_next = NULL;
+        to->wakeup_queued = false;
         if (to != co && co_check_enter(to) < 0) {
             continue;
         }
@@ -327,9 +352,8 @@ int ql_coroutine_enter_if_inactive(QLCoroutine *co)
     return ql_coroutine_enter(co);
 }
 
-void ql__coroutine_yield(void)
+static inline void co_yield(QLCoThread *t)
 {
-    QLCoThread *t = ql__co_thread();
     QLCoroutine *self = t->current;
     QLCoroutine *to = self->caller;
 
@@ -344,6 +368,11 @@ void ql__coroutine_yield(void)
     }
 }
 
+void ql__coroutine_yield(void)
+{
+    co_yield(ql__co_thread());
+}
+
 int ql_coroutine_yield(void)
 {
     QLCoThread *t = ql__co_thread();
@@ -351,14 +380,18 @@ int ql_coroutine_yield(void)
     if (t->current == &t->leader) {
         return ql__misuse(-EPERM, "Co-routine is yielding to no one");
     }
-    ql__coroutine_yield();
+    co_yield(t);
     return 0;
 }
 
-void ql__coroutine_defer_wake(QLCoroutine *co)
+int ql__coroutine_defer_wake(QLCoroutine *co)
 {
     QLCoroutine *self = ql__co_thread()->current;
 
+    if (co->wakeup_queued) {
+        return ql__misuse(-EALREADY, "Co-routine was already scheduled in 'ql_co_wake'");
+    }
+    co->wakeup_queued = true;
     co->wakeup_next = NULL;
     if (self->wakeup_tail) {
         self->wakeup_tail->wakeup_next = co;
@@ -366,6 +399,7 @@ void ql__coroutine_defer_wake(QLCoroutine *co)
         self->wakeup_head = co;
     }
     self->wakeup_tail = co;
+    return 0;
 }
 
 /* ---- queries ---------------------------------------------------------- */

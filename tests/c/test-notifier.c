@@ -13,7 +13,11 @@ static QLNotifierKind kinds[] = {QL_NOTIFIER_EVENTFD, QL_NOTIFIER_PIPE};
 static int readable(int fd, int timeout_ms)
 {
     struct pollfd p = {.fd = fd, .events = POLLIN};
-    return poll(&p, 1, timeout_ms) == 1 && (p.revents & POLLIN);
+    int r;
+    do { /* a signal handler run meanwhile interrupts poll */
+        r = poll(&p, 1, timeout_ms);
+    } while (r < 0 && errno == EINTR);
+    return r == 1 && (p.revents & POLLIN);
 }
 
 static void test_notifier_set_twice_clears_once(void)

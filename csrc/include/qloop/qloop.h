@@ -13,5 +13,9 @@
 #include "qloop/version.h"
 #include "qloop/blocking.h"
 #include "qloop/notifier.h"
+#include "qloop/context.h"
+#include "qloop/coroutine.h"
+#include "qloop/aiocb.h"
+#include "qloop/main-loop.h"
 
 #endif /* QLOOP_QLOOP_H */

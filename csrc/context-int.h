@@ -1,0 +1,187 @@
+/*
+ * Internal: the AioContext structure shared by context.c, bh.c, timer.c,
+ * the fd monitors and the coroutine scheduler.  Not installed.
+ *
+ * Ownership legend used below:
+ *   [home]   only the thread polling the context touches it
+ *   [atomic] any thread, through __atomic builtins (pairings documented)
+ *   [lock]   protected by ctx->lock (pthread mutex)
+ *   [const]  set at creation, read-only afterwards
+ */
+#ifndef QLOOP_CONTEXT_INT_H
+#define QLOOP_CONTEXT_INT_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qloop/context.h"
+#include "qloop/notifier.h"
+#include "fdmon.h"
+
+/* ---- bottom halves ------------------------------------------------------ */
+
+/* BH flag bits (QLBH.flags, [atomic]). */
+enum {
+    QL_BH_PENDING = 1u << 0,   /* linked on ctx->bh_list or ctx->bh_ready */
+    QL_BH_SCHEDULED = 1u << 1, /* callback should run at dequeue */
+    QL_BH_DELETED = 1u << 2,   /* free at dequeue, never run again */
+    QL_BH_ONESHOT = 1u << 3,   /* free after the callback ran */
+    QL_BH_IDLE = 1u << 4,      /* scheduled as idle: no wakeup, no progress */
+    QL_BH_NOREF = 1u << 5,     /* linked by delete, not by a schedule that
+                                * returned 1: no dequeue hook for it */
+};
+
+struct QLBH {
+    QLContext *ctx;            /* [const] */
+    QLBHFunc *cb;              /* [const] (set again when a oneshot node is reused) */
+    void *opaque;
+    const char *name;
+    QLBHFunc *dequeue_hook;    /* [home] */
+    /* Link on the atomic pending list or the home-thread ready queue.
+     * Written by whoever links the BH (the thread whose fetch_or moved
+     * PENDING from 0 to 1), read by the home thread after it took the list. */
+    struct QLBH *next;
+    unsigned flags;            /* [atomic] QL_BH_* */
+    /* Every non-oneshot BH of a context, for ql_context_free.  [lock] */
+    struct QLBH *all_prev, *all_next;
+};
+
+/* ---- timers ------------------------------------------------------------- */
+
+struct QLTimer {
+    QLContext *ctx;            /* [lock] NULL once the context was freed */
+    QLClockType type;          /* [const] */
+    QLTimerFunc *cb;           /* [const] */
+    void *opaque;              /* [const] */
+    const char *name;          /* [const] */
+    int64_t expire;            /* [lock] for writes, [atomic] reads; -1: idle */
+    uint64_t seq;              /* [lock] arming order, breaks deadline ties */
+    size_t heap_index;         /* [lock] position in the heap, or QL_TIMER_NOT_IN_HEAP */
+    int scale;                 /* ns per unit for qemu-compat.h's timer_mod() */
+    struct QLTimer *all_prev, *all_next; /* [lock] every timer of the ctx */
+};
+
+#define QL_TIMER_NOT_IN_HEAP ((size_t)-1)
+
+/* A heap slot caches the key so that comparisons never touch the timer. */
+typedef struct QLTimerSlot {
+    int64_t expire;
+    uint64_t seq;
+    QLTimer *t;
+} QLTimerSlot;
+
+typedef struct QLTimerHeap {
+    QLTimerSlot *a;            /* [lock] 4-ary min-heap on (expire, seq) */
+    size_t n, cap;
+} QLTimerHeap;
+
+/* ---- fd handlers -------------------------------------------------------- */
+
+struct QLFdHandler {
+    int fd;
+    uint32_t events;           /* POLLIN|POLLHUP|POLLERR / POLLOUT|POLLERR wanted */
+    QLIOHandler *io_read;
+    QLIOHandler *io_write;
+    QLFlushFunc *io_flush;
+    void *opaque;
+    QLNotifier *en;            /* set_event_notifier: cleared before io_read */
+    bool internal;             /* the context's own notifier: never dispatched */
+    bool deleted;              /* removed while a poll referenced it */
+    bool always_ready;         /* fd the monitor cannot watch (regular file) */
+    int mon_index;             /* backend private (poll: pollfd index) */
+    struct QLFdHandler *deferred_next; /* on ctx->fd_deferred while deleted */
+};
+
+/* ---- the context -------------------------------------------------------- */
+
+struct QLContext {
+    /* notify protocol (see context.c, "notify_me / notified") */
+    unsigned notify_me;        /* [atomic] +2 per blocked poll, bit 0: prepare */
+    bool notified;             /* [atomic] set by notify, cleared by accept */
+    bool kicked;               /* [atomic] notifier written since last accept */
+    QLNotifier notifier;       /* [const] */
+    QLFdHandler notifier_node; /* [home] the notifier as seen by the monitor */
+
+    /* bottom halves */
+    QLBH *bh_list;             /* [atomic] LIFO of newly linked BHs */
+    QLBH *bh_ready_head;       /* [home] FIFO being dispatched (slices) */
+    QLBH *bh_ready_tail;       /* [home] */
+    QLBH *bh_free;             /* [home] recycled oneshot nodes */
+    unsigned bh_free_count;    /* [home] */
+    QLBH *bh_all;              /* [lock] every non-oneshot BH */
+    bool stop_dispatch;        /* [home] */
+    void *home_thread;         /* [atomic] ql__thread_id() of the last poller */
+
+    /* timers and clocks */
+    pthread_mutex_t lock;      /* timers, heaps, BH registry */
+    QLTimerHeap heap[QL_CLOCK_MAX];
+    uint64_t timer_seq;        /* [lock] */
+    QLTimer *timer_all;        /* [lock] */
+    int64_t vclock;            /* [atomic] virtual time in ns */
+    bool autojump;             /* [atomic] */
+
+    /* fd handlers */
+    const QLFdMonOps *fdmon;   /* [const] */
+    void *fdmon_state;         /* backend private */
+    QLFdHandler **fd_table;    /* [home] fd -> node */
+    int fd_table_size;
+    int nhandlers;             /* [home] user handlers registered */
+    int max_fd;                /* [home] highest fd with a handler, or -1 */
+    unsigned fd_walking;       /* [home] polls holding node pointers */
+    QLFdHandler *fd_deferred;  /* [home] deleted nodes to free at walking 0 */
+    int bad_fd;                /* [home] last fd found closed, or -1 */
+    int n_always_ready;        /* [home] nodes the embedding fd cannot watch */
+
+    /* coroutine scheduling (csrc/co-schedule.c) */
+    void *co_sched_head;       /* [atomic] LIFO of scheduled coroutines */
+    QLBH *co_sched_bh;         /* [const] runs ql__co_sched_bh_cb */
+};
+
+/* A unique, cheap identity of the calling thread (bh.c). */
+void *ql__thread_id(void);
+
+/* Placeholder in csrc/co-schedule.c, replaced by the coroutine scheduler. */
+void ql__co_sched_bh_cb(void *opaque);
+
+/* ---- bh.c --------------------------------------------------------------- */
+/* Run the BHs linked so far (and continue an interrupted or outer batch).
+ * Returns 1 if a non-idle callback ran.  [home] */
+int ql__bh_poll(QLContext *ctx);
+/* Timeout contribution of BHs: 0 if a non-idle BH is scheduled, 10 ms if
+ * only idle ones, -1 if none.  [home] */
+int64_t ql__bh_timeout(QLContext *ctx);
+/* True if any scheduled, not deleted BH (idle included) is linked.  [home] */
+bool ql__bh_any_scheduled(QLContext *ctx);
+/* Delete every BH of the context without running it.  [home] */
+void ql__bh_free_all(QLContext *ctx);
+
+/* ---- timer.c ------------------------------------------------------------ */
+int ql__timers_init(QLContext *ctx);
+/* Detach every timer (they stay allocated, owned by the user). */
+void ql__timers_cleanup(QLContext *ctx);
+/* Run expired timers of every clock.  1 if a callback ran.  [home] */
+int ql__timers_run(QLContext *ctx);
+/* ns until the earliest REALTIME/HOST deadline (0 expired, -1 none) and,
+ * through *virt_deadline, the earliest VIRTUAL deadline (absolute, -1 none).
+ * An expired VIRTUAL timer makes the result 0. */
+int64_t ql__timers_timeout(QLContext *ctx, int64_t *virt_deadline);
+/* Unit of QEMU-style timer_mod() (qemu-compat.h): SCALE_NS/US/MS. */
+void ql__timer_set_scale(QLTimer *t, int scale);
+int ql__timer_get_scale(const QLTimer *t);
+/* Move the virtual clock forward to `to` (no-op if already there). */
+void ql__virtual_clock_jump(QLContext *ctx, int64_t to);
+
+/* ---- context.c ---------------------------------------------------------- */
+/* True if the calling thread is running ctx's callbacks right now (so a
+ * wakeup is unnecessary: the next poll recomputes its timeout anyway). */
+bool ql__in_dispatch(QLContext *ctx);
+/* Context whose callbacks the calling thread is running, or NULL. */
+QLContext *ql__dispatching(void);
+/* Same as ql_context_new() with an explicit monitor ("epoll" or "poll"). */
+QLContext *ql__context_new_fdmon(const char *fdmon);
+
+/* 10 ms: the longest a poll with only idle BHs pending sleeps. */
+#define QL_IDLE_BH_TIMEOUT_NS 10000000LL
+
+#endif /* QLOOP_CONTEXT_INT_H */
