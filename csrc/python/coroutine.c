@@ -43,9 +43,6 @@
 
 PyObject *qlpy_CoroutineExit;
 
-/* Sleeping needs the AioContext core (co-sleep.c); until it is linked in,
- * co_sleep_ns() reports that it is unavailable. */
-int ql_co_sleep_ns(QLClockType clock, int64_t ns) __attribute__((weak));
 
 /* ---- per-thread bookkeeping ------------------------------------------ */
 
@@ -1158,11 +1155,6 @@ static PyObject *mod_co_sleep_ns(PyObject *m, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError,
                      "co_sleep_ns() argument 'clock' must be CLOCK_REALTIME, CLOCK_VIRTUAL "
                      "or CLOCK_HOST, got %d", clock);
-        return NULL;
-    }
-    if (!ql_co_sleep_ns) {
-        PyErr_SetString(PyExc_NotImplementedError,
-                        "co_sleep_ns(): this build has no AioContext core");
         return NULL;
     }
     QLPyCoroutine *self = qlpy_wait_begin("co_sleep_ns()");
