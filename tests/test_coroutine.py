@@ -504,3 +504,59 @@ def test_corwlock_unlock_without_hold_is_runtime_error():
 def test_coroutine_exit_is_base_exception():
     assert issubclass(qloop.CoroutineExit, BaseException)
     assert not issubclass(qloop.CoroutineExit, Exception)
+
+
+# ---- sleeping in an AioContext (driven through the raw C API) --------------------
+
+@pytest.fixture
+def raw_context():
+    lib, ffi = qloop.lib, qloop.ffi
+    ctx = lib.ql_context_new()
+    assert ctx != ffi.NULL
+    old = lib.ql_context_current()
+    lib.ql_context_set_current(ctx)
+    try:
+        yield ctx
+    finally:
+        lib.ql_context_set_current(old)
+        lib.ql_context_free(ctx)
+
+
+def test_co_sleep_ns_resumed_by_the_context_timer(raw_context):
+    log = []
+
+    def sleeper(name, ns):
+        log.append(name + "-sleep")
+        qloop.co_sleep_ns(ns, clock=1)  # CLOCK_VIRTUAL
+        log.append(name + "-woke")
+        return name
+
+    a = Coroutine(sleeper, "a", 2000)
+    b = Coroutine(sleeper, "b", 1000)
+    a.enter()
+    b.enter()
+    del a  # pinned while it sleeps
+    assert log == ["a-sleep", "b-sleep"]
+    lib = qloop.lib
+    lib.ql_virtual_clock_advance(raw_context, 5000)
+    while lib.ql_context_poll(raw_context, False) > 0:
+        pass
+    assert log == ["a-sleep", "b-sleep", "b-woke", "a-woke"]
+    assert b.result() == "b"
+
+
+def test_co_sleep_ns_arguments(raw_context):
+    def fn():
+        with pytest.raises(ValueError, match="ns"):
+            qloop.co_sleep_ns(-1)
+        with pytest.raises(TypeError, match="ns"):
+            qloop.co_sleep_ns(1.5)
+        with pytest.raises(ValueError, match="clock"):
+            qloop.co_sleep_ns(1, clock=7)
+        return "ok"
+
+    co = Coroutine(fn)
+    co.enter()
+    assert co.result() == "ok"
+    with pytest.raises(RuntimeError, match="coroutine"):
+        qloop.co_sleep_ns(1)
