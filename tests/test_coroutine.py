@@ -560,3 +560,34 @@ def test_co_sleep_ns_arguments(raw_context):
     assert co.result() == "ok"
     with pytest.raises(RuntimeError, match="coroutine"):
         qloop.co_sleep_ns(1)
+
+
+def test_co_wake_from_another_thread_without_context_is_runtime_error():
+    co = Coroutine(coroutine_yield)
+    co.enter()
+    errors = []
+
+    def other():
+        try:
+            co_wake(co)
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert errors and "another thread" in errors[0]
+    co.enter()
+    assert co.done
+
+
+def test_co_wake_from_another_thread_schedules_in_the_owner_context(raw_context):
+    co = Coroutine(coroutine_yield)
+    co.enter()  # ran in raw_context
+    t = threading.Thread(target=co_wake, args=(co,))
+    t.start()
+    t.join()
+    assert not co.done  # scheduled, not run in the foreign thread
+    while qloop.lib.ql_context_poll(raw_context, False) > 0:
+        pass
+    assert co.done

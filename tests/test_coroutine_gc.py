@@ -341,6 +341,9 @@ def test_interpreter_exit_with_coroutines_of_a_finished_thread():
                 keep.append(c)
         t = threading.Thread(target=worker)
         t.start(); t.join()
+        from qloop import CoQueue
+        q = CoQueue()
+        Coroutine(q.wait).enter()   # still waiting at exit (pinned)
         print("ok")
     """)
     assert rc == 0, err

@@ -1112,6 +1112,16 @@ static PyObject *mod_co_wake(PyObject *m, PyObject *arg)
         PyErr_SetString(PyExc_RuntimeError, "co_wake(): the coroutine is already running");
         return NULL;
     }
+    if ((tl_thread != co->owner || !co->owner->alive) &&
+        (!ql_coroutine_get_context(co->co) || !co->owner->alive)) {
+        /* Nothing could carry it back to its own thread. */
+        PyErr_SetString(PyExc_RuntimeError,
+                        co->owner->alive
+                            ? "co_wake(): the coroutine belongs to another thread and has "
+                              "no AioContext to be scheduled in"
+                            : "co_wake(): the coroutine's thread has exited");
+        return NULL;
+    }
     Py_INCREF(co); /* pinned until it runs */
     co->pins++;
     int r = ql_co_wake(co->co);
