@@ -142,6 +142,9 @@ static PyObject *mod_co_wake(PyObject *m, PyObject *arg)
                             : "co_wake(): the coroutine's thread has exited");
         return NULL;
     }
+    if (qlpy_check_not_tracing("co_wake()") < 0) {
+        return NULL;
+    }
     Py_INCREF(co); /* pinned until it runs */
     co->pins++;
     int r = ql_co_wake(co->co);
@@ -243,6 +246,17 @@ int qlpy_coroutine_yield(void)
     Py_DECREF(r);
     return 0;
 }
+int qlpy_check_not_tracing(const char *what)
+{
+    PyThreadState *ts = qlpy_ts_unchecked();
+    if (ts && ts->tracing) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s: cannot switch coroutines inside a trace or profile function", what);
+        return -1;
+    }
+    return 0;
+}
+
 static PyMethodDef coroutine_functions[] = {
     {"coroutine_yield", mod_coroutine_yield, METH_NOARGS,
      "coroutine_yield()\n--\n\nGive control back to whoever entered the running coroutine; "

@@ -116,6 +116,9 @@ int qlpy_owner_is_current(QLPyCoroutine *self, PyThreadState *ts);
 void qlpy_co_kill(QLPyCoroutine *self);
 int qlpy_co_killable(QLPyCoroutine *self);
 int qlpy_coroutine_api_init(PyObject *m);
+/* -1 + RuntimeError naming `what` if called from a trace or profile
+ * function (a switch there would hide other coroutines from the tracer). */
+int qlpy_check_not_tracing(const char *what);
 
 /* Around a wait in the core (lock, queue, sleep, join) by the running
  * coroutine: begin checks that a Python coroutine is running and may switch
