@@ -81,3 +81,36 @@ def test_co_schedule_twice_is_refused():
             ctx.co_schedule(co)
         with pytest.raises(TypeError, match="qloop.Coroutine"):
             ctx.co_schedule(lambda: None)
+
+
+def test_exception_of_coroutine_resumed_by_c_is_raised_by_the_poll():
+    """A coroutine resumed by C (CoMutex hand-off) that raises, with nobody
+    joining it: the poll() that ran it raises the exception."""
+    m = qloop.CoMutex()
+
+    def holder():
+        m.lock()
+        qloop.co_sleep_ns(1_000_000)
+        m.unlock()  # hands the lock to the waiter: C resumes it later
+
+    def waiter():
+        m.lock()
+        m.unlock()
+        raise OSError(5, "raised after a C-level resume")
+
+    with qloop.AioContext() as ctx:
+        ctx.co_schedule(qloop.Coroutine(holder))
+        ctx.co_schedule(qloop.Coroutine(waiter))
+        with pytest.raises(OSError, match="C-level resume"):
+            for _ in range(1000):
+                ctx.poll()
+
+
+def test_co_schedule_into_a_context_polled_by_another_thread_is_refused():
+    with qloop.IOThread() as io:
+        co = qloop.Coroutine(lambda: None)
+        done = threading.Event()
+        io.context.schedule_oneshot(done.set)  # the I/O thread has polled it
+        assert done.wait(5)
+        with pytest.raises(RuntimeError, match="another thread"):
+            io.context.co_schedule(co)

@@ -504,3 +504,98 @@ def test_corwlock_unlock_without_hold_is_runtime_error():
 def test_coroutine_exit_is_base_exception():
     assert issubclass(qloop.CoroutineExit, BaseException)
     assert not issubclass(qloop.CoroutineExit, Exception)
+
+
+# ---- sleeping in an AioContext (driven through the raw C API) --------------------
+
+@pytest.fixture
+def raw_context():
+    lib, ffi = qloop.lib, qloop.ffi
+    ctx = lib.ql_context_new()
+    assert ctx != ffi.NULL
+    old = lib.ql_context_current()
+    lib.ql_context_set_current(ctx)
+    try:
+        yield ctx
+    finally:
+        lib.ql_context_set_current(old)
+        lib.ql_context_free(ctx)
+
+
+def test_co_sleep_ns_resumed_by_the_context_timer(raw_context):
+    log = []
+
+    def sleeper(name, ns):
+        log.append(name + "-sleep")
+        qloop.co_sleep_ns(ns, clock=1)  # CLOCK_VIRTUAL
+        log.append(name + "-woke")
+        return name
+
+    a = Coroutine(sleeper, "a", 2000)
+    b = Coroutine(sleeper, "b", 1000)
+    a.enter()
+    b.enter()
+    del a  # pinned while it sleeps
+    assert log == ["a-sleep", "b-sleep"]
+    lib = qloop.lib
+    lib.ql_virtual_clock_advance(raw_context, 5000)
+    while lib.ql_context_poll(raw_context, False) > 0:
+        pass
+    assert log == ["a-sleep", "b-sleep", "b-woke", "a-woke"]
+    assert b.result() == "b"
+
+
+def test_co_sleep_ns_arguments(raw_context):
+    def fn():
+        with pytest.raises(ValueError, match="ns"):
+            qloop.co_sleep_ns(-1)
+        with pytest.raises(TypeError, match="ns"):
+            qloop.co_sleep_ns(1.5)
+        with pytest.raises(ValueError, match="clock"):
+            qloop.co_sleep_ns(1, clock=7)
+        return "ok"
+
+    co = Coroutine(fn)
+    co.enter()
+    assert co.result() == "ok"
+    with pytest.raises(RuntimeError, match="coroutine"):
+        qloop.co_sleep_ns(1)
+
+
+def test_co_wake_from_another_thread_without_context_is_runtime_error():
+    # The owner is a fresh thread with no AioContext (the main thread may have
+    # one, e.g. once the main loop is initialised).
+    errors, done = [], []
+
+    def other(co):
+        try:
+            co_wake(co)
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    def owner():
+        co = Coroutine(coroutine_yield)
+        co.enter()
+        t = threading.Thread(target=other, args=(co,))
+        t.start()
+        t.join()
+        co.enter()
+        done.append(co.done)
+
+    t = threading.Thread(target=owner)
+    t.start()
+    t.join()
+    assert errors and "another thread" in errors[0]
+    assert done == [True]
+
+
+def test_co_wake_from_another_thread_schedules_in_the_owner_context(raw_context):
+    co = Coroutine(coroutine_yield)
+    co.enter()  # ran in raw_context
+    t = threading.Thread(target=co_wake, args=(co,))
+    t.start()
+    t.join()
+    assert not co.done  # scheduled, not run in the foreign thread
+    while qloop.lib.ql_context_poll(raw_context, False) > 0:
+        pass
+    assert co.done

@@ -18,7 +18,11 @@ struct BHObject {
     QLBH *bh;            /* NULL once deleted or the context closed */
     PyObject *cb;
     PyObject *args;      /* tuple or NULL */
-    int pending_ref;     /* the pending list holds a reference to us */
+    int pending_ref;     /* references the pending list holds on us: one per
+                          * ql_bh_schedule() that queued the BH, dropped by
+                          * the matching dequeue.  Can be 2: a BH rescheduled
+                          * from its own callback is queued again before the
+                          * dequeue hook of the run in progress. */
     BHObject *next, *prev; /* ctx->bhs */
     PyObject *weakreflist;
 };
@@ -34,8 +38,8 @@ static void bh_run(void *opaque)
 static void bh_dequeued(void *opaque)
 {
     BHObject *self = opaque;
-    if (self->pending_ref) {
-        self->pending_ref = 0;
+    if (self->pending_ref > 0) {
+        self->pending_ref--;
         Py_DECREF(self);
     }
 }
@@ -146,8 +150,8 @@ static PyObject *bh_do_schedule(BHObject *self, int idle)
     }
     Py_INCREF(self); /* for the pending list, if it queues us */
     int queued = idle ? ql_bh_schedule_idle(self->bh) : ql_bh_schedule(self->bh);
-    if (queued > 0 && !self->pending_ref) {
-        self->pending_ref = 1;
+    if (queued > 0) {
+        self->pending_ref++;
     } else {
         Py_DECREF(self);
     }

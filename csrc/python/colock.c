@@ -252,6 +252,9 @@ static PyObject *queue_wait_insert_head(CoQueueObject *self, PyObject *args, PyO
 
 static PyObject *queue_next(CoQueueObject *self, PyObject *Py_UNUSED(unused))
 {
+    if (qlpy_check_not_tracing("CoQueue.next()") < 0) {
+        return NULL;
+    }
     bool r = ql_co_queue_next(self->q);
     qlpy_coroutine_service();
     return PyBool_FromLong(r);
@@ -259,6 +262,9 @@ static PyObject *queue_next(CoQueueObject *self, PyObject *Py_UNUSED(unused))
 
 static PyObject *queue_restart_all(CoQueueObject *self, PyObject *Py_UNUSED(unused))
 {
+    if (qlpy_check_not_tracing("CoQueue.restart_all()") < 0) {
+        return NULL;
+    }
     ql_co_queue_restart_all(self->q);
     qlpy_coroutine_service();
     Py_RETURN_NONE;

@@ -234,6 +234,7 @@ int qlpy_enter_dispatch(ContextObject *self, DispatchFrame *f)
     qlpy_top_frame = f;
     self->dispatch_depth++;
     self->poll_thread = me;
+    self->poll_tstate_id = PyThreadState_GetID(PyThreadState_Get());
     Py_INCREF(self);
     return 0;
 }
@@ -243,6 +244,9 @@ int qlpy_enter_dispatch(ContextObject *self, DispatchFrame *f)
 PyObject *qlpy_leave_dispatch(ContextObject *self, DispatchFrame *f, int ret)
 {
     qlpy_top_frame = f->prev;
+    /* Release what coroutines that finished on their own stacks left behind,
+     * and unwind coroutines dropped by other threads. */
+    qlpy_coroutine_service();
     if (--self->dispatch_depth == 0 && self->graveyard && PyList_GET_SIZE(self->graveyard)) {
         PyList_SetSlice(self->graveyard, 0, PyList_GET_SIZE(self->graveyard), NULL);
     }
@@ -359,6 +363,21 @@ static PyObject *context_co_schedule(ContextObject *self, PyObject *co)
 {
     if (qlpy_context_check_open(self) < 0) {
         return NULL;
+    }
+    if (PyObject_TypeCheck(co, &QLPyCoroutine_Type)) {
+        /* A Python coroutine runs only in its own thread: refuse a context
+         * that another thread polls (or, never polled, that nothing shows to
+         * be polled by the owner). */
+        uint64_t owner = ((QLPyCoroutine *)co)->owner_id;
+        uint64_t poller = self->poll_tstate_id;
+        if (poller ? poller != owner
+                   : owner != PyThreadState_GetID(PyThreadState_Get())) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "co_schedule(): the coroutine belongs to another thread than "
+                            "the one polling this AioContext (a Python coroutine runs only "
+                            "in the thread that created it)");
+            return NULL;
+        }
     }
     return qlpy_co_schedule(self->ctx, co);
 }

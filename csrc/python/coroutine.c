@@ -1,7 +1,7 @@
 /*
  * qloop.Coroutine: a Python callable run on its own C stack by the core's
- * stackful coroutines, and the module functions around it (coroutine_yield,
- * coroutine_self, in_coroutine, co_wake, co_sleep_ns, CoroutineExit).
+ * stackful coroutines; qloop.CoroutineExit.  Module functions are in
+ * coroutine-api.c, per-thread bookkeeping in pythread.c.
  *
  * Thread-state protocol (docs/python-stack-switching.md): the core never
  * calls Python; all saving and restoring happens on the coroutine's side.
@@ -35,164 +35,15 @@
 
 #if PY_VERSION_HEX >= 0x030D0000
 #define qlpy_is_finalizing() Py_IsFinalizing()
-#define qlpy_ts_unchecked() PyThreadState_GetUnchecked()
 #else
 #define qlpy_is_finalizing() _Py_IsFinalizing()
-#define qlpy_ts_unchecked() _PyThreadState_UncheckedGet()
 #endif
 
 PyObject *qlpy_CoroutineExit;
 
-/* Sleeping needs the AioContext core (co-sleep.c); until it is linked in,
- * co_sleep_ns() reports that it is unavailable. */
-int ql_co_sleep_ns(QLClockType clock, int64_t ns) __attribute__((weak));
-
-/* ---- per-thread bookkeeping ------------------------------------------ */
-
-struct QLPyThread {
-    uint64_t id;              /* PyThreadState id (never reused) */
-    int alive;                /* cleared when the thread state is cleared */
-    Py_ssize_t refcnt;        /* sentinel (while alive) + coroutines owning it */
-    QLPyCoroutine *live;      /* started, unfinished coroutines */
-    PyObject *kill_queue;     /* list: dropped in other threads, to unwind here */
-    PyObject *zombies;        /* list: references to release later */
-};
-
-/* All fields are touched with the GIL held only. */
-static _Thread_local QLPyThread *tl_thread;
-static _Thread_local QLPyCoroutine *tl_current;
-static int service_pending; /* some thread has zombies or kills queued */
-
-static void thread_unref(QLPyThread *t)
-{
-    if (--t->refcnt == 0) {
-        free(t);
-    }
-}
-
-typedef struct {
-    PyObject_HEAD
-    QLPyThread *thread;
-} ThreadSentinel;
-
-/* Runs when the thread state's dict is cleared: the thread is gone. */
-static void sentinel_dealloc(ThreadSentinel *s)
-{
-    QLPyThread *t = s->thread;
-    if (t) {
-        t->alive = 0;
-        if (tl_thread == t) {
-            tl_thread = NULL;
-        }
-        PyObject *k = t->kill_queue, *z = t->zombies;
-        t->kill_queue = t->zombies = NULL;
-        Py_XDECREF(k); /* their owner is dead now: they only free memory */
-        Py_XDECREF(z);
-        thread_unref(t);
-    }
-    PyObject_Free(s);
-}
-
-static PyTypeObject ThreadSentinel_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "qloop._core._ThreadSentinel",
-    .tp_basicsize = sizeof(ThreadSentinel),
-    .tp_dealloc = (destructor)sentinel_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-};
-
-/* The calling thread's record, created on first use.  NULL + exception. */
-static QLPyThread *thread_get(PyThreadState *ts)
-{
-    QLPyThread *t = tl_thread;
-    if (t && t->id == ts->id) {
-        return t;
-    }
-    PyObject *dict = PyThreadState_GetDict();
-    if (!dict) {
-        PyErr_SetString(PyExc_RuntimeError, "qloop: no thread state dict");
-        return NULL;
-    }
-    t = calloc(1, sizeof(*t));
-    if (!t) {
-        PyErr_NoMemory();
-        return NULL;
-    }
-    t->id = ts->id;
-    t->alive = 1;
-    t->refcnt = 1;
-    ThreadSentinel *s = PyObject_New(ThreadSentinel, &ThreadSentinel_Type);
-    if (!s) {
-        free(t);
-        return NULL;
-    }
-    s->thread = t;
-    int r = PyDict_SetItemString(dict, "qloop._coroutine_thread", (PyObject *)s);
-    Py_DECREF(s);
-    if (r < 0) {
-        return NULL; /* the sentinel freed t */
-    }
-    tl_thread = t;
-    return t;
-}
-
-static void live_add(QLPyCoroutine *self)
-{
-    QLPyThread *t = self->owner;
-    self->live_prev = NULL;
-    self->live_next = t->live;
-    if (t->live) {
-        t->live->live_prev = self;
-    }
-    t->live = self;
-}
-
-static void live_remove(QLPyCoroutine *self)
-{
-    if (self->live_prev) {
-        self->live_prev->live_next = self->live_next;
-    } else if (self->owner->live == self) {
-        self->owner->live = self->live_next;
-    } else {
-        return; /* not listed */
-    }
-    if (self->live_next) {
-        self->live_next->live_prev = self->live_prev;
-    }
-    self->live_prev = self->live_next = NULL;
-}
-
-/* Keep a reference to `o` until the next qlpy_coroutine_service() of this
- * thread (used when dropping it now would free a coroutine on its own
- * stack).  Steals the reference.  0, or -1 if the list could not grow (the
- * reference then leaks). */
-static int zombie_add(QLPyThread *t, PyObject *o)
-{
-    if (!t->zombies) {
-        t->zombies = PyList_New(0);
-        if (!t->zombies) {
-            PyErr_Clear();
-            return -1;
-        }
-    }
-    int r = PyList_Append(t->zombies, o);
-    if (r < 0) {
-        PyErr_Clear();
-        return -1;
-    }
-    Py_DECREF(o);
-    service_pending = 1;
-    return 0;
-}
-
-QLPyCoroutine *qlpy_current(void)
-{
-    return tl_current;
-}
-
 /* ---- errors ----------------------------------------------------------- */
 
-static void stray_take(QLPyStray *s)
+void qlpy_stray_take(QLPyStray *s)
 {
 #if PY_VERSION_HEX >= 0x030C0000
     s->exc = PyErr_GetRaisedException();
@@ -201,7 +52,7 @@ static void stray_take(QLPyStray *s)
 #endif
 }
 
-static void stray_give(QLPyStray *s)
+void qlpy_stray_give(QLPyStray *s)
 {
 #if PY_VERSION_HEX >= 0x030C0000
     PyErr_SetRaisedException(s->exc);
@@ -316,34 +167,34 @@ static void co_leave(QLCoroutine *co, void *opaque)
     PyThreadState *ts = self->ts;
     (void)co;
     if (ts_error_set(ts)) {
-        stray_take(&self->own_stray); /* no Python runs in these calls */
+        qlpy_stray_take(&self->own_stray); /* no Python runs in these calls */
     }
     qlpy_state_switch(&self->own, &self->caller, ts);
     if (stray_present(&self->caller_stray)) {
-        stray_give(&self->caller_stray);
+        qlpy_stray_give(&self->caller_stray);
     }
-    tl_current = self->prev_current;
+    qlpy_tl_current = self->prev_current;
     self->state = QLPY_CO_SUSPENDED;
 }
 
 static void co_resume(QLCoroutine *co, void *opaque)
 {
     QLPyCoroutine *self = opaque;
-    PyThreadState *ts = qlpy_ts_unchecked();
+    PyThreadState *ts = self->ts;
     (void)co;
-    if (ts != self->ts) {
+    if (qlpy_tl_thread != self->owner) { /* cheaper than asking CPython for ts */
         Py_FatalError("qloop: a Python coroutine was resumed in a thread that "
                       "does not own it");
     }
     if (ts_error_set(ts)) {
-        stray_take(&self->caller_stray);
+        qlpy_stray_take(&self->caller_stray);
     }
     qlpy_state_switch(&self->caller, &self->own, ts);
     if (stray_present(&self->own_stray)) {
-        stray_give(&self->own_stray);
+        qlpy_stray_give(&self->own_stray);
     }
-    self->prev_current = tl_current;
-    tl_current = self;
+    self->prev_current = qlpy_tl_current;
+    qlpy_tl_current = self;
     self->state = QLPY_CO_RUNNING;
     self->held += self->pins;
     self->pins = 0;
@@ -351,7 +202,7 @@ static void co_resume(QLCoroutine *co, void *opaque)
 
 /* Drop the references the coroutine holds on itself, if someone else holds
  * one too (so this never frees it). */
-static void drop_held(QLPyCoroutine *self)
+void qlpy_drop_held(QLPyCoroutine *self)
 {
     while (self->held > 0 && Py_REFCNT(self) > 1) {
         self->held--;
@@ -388,12 +239,12 @@ static void co_entry(void *opaque)
         /* Started by the core in another thread (e.g. scheduled into that
          * thread's context): a coroutine that never ran has no state, so it
          * simply belongs to this thread from now on. */
-        QLPyThread *t = thread_get(ts);
+        QLPyThread *t = qlpy_thread_get(ts);
         if (!t) {
             Py_FatalError("qloop: cannot start a Python coroutine in this thread");
         }
         t->refcnt++;
-        thread_unref(self->owner);
+        qlpy_thread_unref(self->owner);
         self->owner = t;
         self->owner_id = ts->id;
         self->ts = ts;
@@ -418,7 +269,7 @@ static void co_entry(void *opaque)
 
     /* ---- no Python code from here ... */
     if (ts_error_set(ts)) {
-        stray_take(&self->caller_stray);
+        qlpy_stray_take(&self->caller_stray);
     }
     qlpy_state_save(&self->caller, ts);
 #if PY_VERSION_HEX < 0x030B0000
@@ -465,18 +316,18 @@ static void co_entry(void *opaque)
     ts->context = self->own.context; /* our copy of the creator's context */
     self->own.context = NULL;
     ts->context_ver++;
-    self->prev_current = tl_current;
-    tl_current = self;
+    self->prev_current = qlpy_tl_current;
+    qlpy_tl_current = self;
     self->state = QLPY_CO_RUNNING;
     self->held += self->pins;
     self->pins = 0;
     /* ... to here. */
 
-    live_add(self);
+    qlpy_live_add(self);
     PyObject *res = PyObject_Call(self->fn, self->args, NULL);
     PyObject *exc = res ? NULL : fetch_exception();
     self->state = QLPY_CO_DONE; /* from now on it may not yield */
-    live_remove(self);
+    qlpy_live_remove(self);
     Py_CLEAR(self->fn); /* may run Python code: still ours */
     Py_CLEAR(self->args);
     if (exc && self->kill && PyErr_GivenExceptionMatches(exc, qlpy_CoroutineExit)) {
@@ -497,10 +348,10 @@ static void co_entry(void *opaque)
     if (self->held) {
         /* Resumed by the core with nobody else referencing us: release the
          * last reference only once we are off this stack. */
-        drop_held(self);
+        qlpy_drop_held(self);
         if (self->held) {
             self->held--;
-            if (zombie_add(self->owner, (PyObject *)self) < 0) {
+            if (qlpy_zombie_add(self->owner, (PyObject *)self) < 0) {
                 self->held++; /* leak rather than free a running coroutine */
             }
         }
@@ -523,14 +374,14 @@ static void co_entry(void *opaque)
 
     /* ---- no Python code from here on: back to the resumer. */
     free_spilled_chunks(ts, chunk);
-    tl_current = self->prev_current;
+    qlpy_tl_current = self->prev_current;
     {
         int tracing = qlpy_state_tracing_flag(ts);
         qlpy_state_restore(&self->caller, ts);
         qlpy_state_set_tracing_flag(ts, tracing);
     }
     if (stray_present(&self->caller_stray)) {
-        stray_give(&self->caller_stray);
+        qlpy_stray_give(&self->caller_stray);
     }
 }
 
@@ -583,11 +434,11 @@ static PyObject *co_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         }
     }
     PyThreadState *ts = PyThreadState_Get();
-    QLPyThread *t = thread_get(ts);
+    QLPyThread *t = qlpy_thread_get(ts);
     if (!t) {
         return NULL;
     }
-    if (service_pending) {
+    if (qlpy_service_pending) {
         qlpy_coroutine_service();
     }
     QLPyCoroutine *self = (QLPyCoroutine *)type->tp_alloc(type, 0);
@@ -646,14 +497,14 @@ static int co_clear(QLPyCoroutine *self)
     return 0;
 }
 
-static int owner_is_current(QLPyCoroutine *self, PyThreadState *ts)
+int qlpy_owner_is_current(QLPyCoroutine *self, PyThreadState *ts)
 {
     return self->owner->alive && self->owner_id == ts->id;
 }
 
 /* Unwind a suspended coroutine by throwing CoroutineExit into it.  Owner
  * thread, GIL held; self referenced by the caller. */
-static void co_kill(QLPyCoroutine *self)
+void qlpy_co_kill(QLPyCoroutine *self)
 {
     self->kill = 1;
     self->py_entering = 1;
@@ -679,22 +530,22 @@ static void co_kill(QLPyCoroutine *self)
     }
 }
 
-static int killable(QLPyCoroutine *self)
+int qlpy_co_killable(QLPyCoroutine *self)
 {
-    return self->state == QLPY_CO_SUSPENDED && !self->blocked && !self->immortal &&
+    return self->state == QLPY_CO_SUSPENDED && !self->blocked && !self->immortal && !self->kill &&
            !self->pins && !ql_coroutine_entered(self->co);
 }
 
 static void co_finalize(QLPyCoroutine *self)
 {
-    if (!killable(self) || qlpy_is_finalizing()) {
+    if (!qlpy_co_killable(self) || qlpy_is_finalizing()) {
         return;
     }
     PyThreadState *ts = PyThreadState_Get();
     QLPyStray saved;
-    stray_take(&saved);
-    if (owner_is_current(self, ts)) {
-        co_kill(self);
+    qlpy_stray_take(&saved);
+    if (qlpy_owner_is_current(self, ts)) {
+        qlpy_co_kill(self);
     } else if (self->owner->alive) {
         /* Queue for the owner thread (this resurrects the object). */
         QLPyThread *t = self->owner;
@@ -704,9 +555,9 @@ static void co_finalize(QLPyCoroutine *self)
         if (!t->kill_queue || PyList_Append(t->kill_queue, (PyObject *)self) < 0) {
             PyErr_WriteUnraisable((PyObject *)self);
         }
-        service_pending = 1;
+        qlpy_service_pending = 1;
     }
-    stray_give(&saved);
+    qlpy_stray_give(&saved);
 }
 
 static void co_dealloc(QLPyCoroutine *self)
@@ -719,7 +570,7 @@ static void co_dealloc(QLPyCoroutine *self)
         PyObject_ClearWeakRefs((PyObject *)self);
     }
     if (self->owner) {
-        live_remove(self);
+        qlpy_live_remove(self);
     }
     Py_CLEAR(self->fn);
     Py_CLEAR(self->args);
@@ -744,7 +595,7 @@ static void co_dealloc(QLPyCoroutine *self)
         ql_co_queue_free(self->joiners);
     }
     if (self->owner) {
-        thread_unref(self->owner);
+        qlpy_thread_unref(self->owner);
     }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -792,8 +643,8 @@ static PyObject *co_enter(QLPyCoroutine *self, PyObject *Py_UNUSED(unused))
     default:
         break;
     }
-    PyThreadState *ts = qlpy_ts_unchecked();
-    if (self->owner_id != ts->id) {
+    /* The owner's qlpy_tl_thread is its record while its thread state lives. */
+    if (qlpy_tl_thread != self->owner || !self->owner->alive) {
         PyErr_SetString(PyExc_RuntimeError,
                         self->owner->alive
                             ? "Coroutine.enter(): the coroutine belongs to another thread"
@@ -806,7 +657,7 @@ static PyObject *co_enter(QLPyCoroutine *self, PyObject *Py_UNUSED(unused))
                      self->blocked);
         return NULL;
     }
-    if (ts->tracing) {
+    if (self->ts->tracing) {
         PyErr_SetString(PyExc_RuntimeError,
                         "Coroutine.enter(): cannot switch coroutines inside a trace or "
                         "profile function");
@@ -818,7 +669,7 @@ static PyObject *co_enter(QLPyCoroutine *self, PyObject *Py_UNUSED(unused))
     if (r < 0) {
         return qlpy_co_error(r, "Coroutine.enter()");
     }
-    if (service_pending) {
+    if (qlpy_service_pending) {
         qlpy_coroutine_service();
     }
     if (self->exc && !self->exc_taken) {
@@ -846,7 +697,7 @@ static PyObject *co_result(QLPyCoroutine *self, PyObject *Py_UNUSED(unused))
 static PyObject *co_join(QLPyCoroutine *self, PyObject *Py_UNUSED(unused))
 {
     if (self->state != QLPY_CO_DONE) {
-        QLPyCoroutine *cur = tl_current;
+        QLPyCoroutine *cur = qlpy_tl_current;
         if (!cur) {
             PyErr_SetString(PyExc_RuntimeError,
                             "Coroutine.join() of an unfinished coroutine must be called "
@@ -941,339 +792,10 @@ PyTypeObject QLPyCoroutine_Type = {
     .tp_finalize = (destructor)co_finalize,
 };
 
-/* ---- waits inside the core --------------------------------------------- */
-
-/* Checks shared by everything that may switch away from the running
- * coroutine. */
-static QLPyCoroutine *switchable_current(const char *what)
-{
-    QLPyCoroutine *self = tl_current;
-    if (!self || ql_coroutine_self() != self->co) {
-        PyErr_Format(PyExc_RuntimeError, "%s must be called from a qloop coroutine", what);
-        return NULL;
-    }
-    if (self->state != QLPY_CO_RUNNING) {
-        PyErr_Format(PyExc_RuntimeError, "%s: the coroutine is finishing and cannot yield",
-                     what);
-        return NULL;
-    }
-    if (self->ts->tracing) {
-        PyErr_Format(PyExc_RuntimeError,
-                     "%s: cannot switch coroutines inside a trace or profile function", what);
-        return NULL;
-    }
-    return self;
-}
-
-QLPyCoroutine *qlpy_wait_begin(const char *what)
-{
-    QLPyCoroutine *self = switchable_current(what);
-    if (self) {
-        Py_INCREF(self);
-        self->pins++;
-        self->blocked = what;
-    }
-    return self;
-}
-
-void qlpy_wait_end(QLPyCoroutine *self)
-{
-    self->blocked = NULL;
-    self->held += self->pins; /* it did not have to wait */
-    self->pins = 0;
-    drop_held(self);
-}
-
-/* ---- module functions -------------------------------------------------- */
-
-static PyObject *mod_coroutine_yield(PyObject *m, PyObject *Py_UNUSED(unused))
-{
-    (void)m;
-    QLPyCoroutine *self = switchable_current("coroutine_yield()");
-    if (!self) {
-        return NULL;
-    }
-    if (self->held) {
-        drop_held(self);
-        if (self->held) {
-            /* Only our own references are left: once suspended nobody could
-             * ever resume us.  Unwind now, as the garbage collector would. */
-            self->kill = 1;
-        }
-    }
-    if (!self->kill) {
-        ql_coroutine_yield(); /* the hooks switch the thread state */
-    }
-    if (self->kill) {
-        PyErr_SetString(qlpy_CoroutineExit,
-                        "coroutine killed: all references to it have vanished");
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *mod_coroutine_self(PyObject *m, PyObject *Py_UNUSED(unused))
-{
-    (void)m;
-    QLPyCoroutine *self = tl_current;
-    if (self && ql_coroutine_self() == self->co) {
-        return Py_NewRef((PyObject *)self);
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *mod_in_coroutine(PyObject *m, PyObject *Py_UNUSED(unused))
-{
-    (void)m;
-    return PyBool_FromLong(ql_in_coroutine());
-}
-
-/* Wake co (ctx == NULL: where it last ran, QEMU's aio_co_wake) or schedule it
- * in ctx's next poll (QEMU's aio_co_schedule).  `what` names the caller in
- * error messages. */
-static PyObject *wake_or_schedule(PyObject *arg, QLContext *ctx, const char *what)
-{
-    if (!PyObject_TypeCheck(arg, &QLPyCoroutine_Type)) {
-        PyErr_Format(PyExc_TypeError, "%s argument 'co' must be qloop.Coroutine, not %.100s",
-                     what, Py_TYPE(arg)->tp_name);
-        return NULL;
-    }
-    QLPyCoroutine *co = (QLPyCoroutine *)arg;
-    if (co->state == QLPY_CO_DONE) {
-        PyErr_Format(PyExc_RuntimeError, "%s: the coroutine has finished", what);
-        return NULL;
-    }
-    if (co->blocked) {
-        PyErr_Format(PyExc_RuntimeError,
-                     "%s: the coroutine is waiting in %s and is woken by it", what, co->blocked);
-        return NULL;
-    }
-    if (co->state == QLPY_CO_RUNNING) {
-        PyErr_Format(PyExc_RuntimeError, "%s: the coroutine is already running", what);
-        return NULL;
-    }
-    Py_INCREF(co); /* pinned until it runs */
-    co->pins++;
-    int r = ctx ? ql_co_schedule(ctx, co->co) : ql_co_wake(co->co);
-    if (r < 0) {
-        co->pins--;
-        Py_DECREF(co);
-        return qlpy_co_error(r, what);
-    }
-    if (co->state != QLPY_CO_NEW && !co->pins) {
-        drop_held(co); /* it ran already; we hold a reference to it */
-    }
-    if (service_pending) {
-        qlpy_coroutine_service();
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *mod_co_wake(PyObject *m, PyObject *arg)
-{
-    (void)m;
-    return wake_or_schedule(arg, NULL, "co_wake()");
-}
-
-PyObject *qlpy_co_schedule(QLContext *ctx, PyObject *co)
-{
-    return wake_or_schedule(co, ctx, "co_schedule()");
-}
-
-static PyObject *mod_co_sleep_ns(PyObject *m, PyObject *args, PyObject *kwds)
-{
-    (void)m;
-    static char *kwlist[] = {"ns", "clock", NULL};
-    PyObject *ns_obj;
-    int clock = QL_CLOCK_REALTIME;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|i:co_sleep_ns", kwlist, &ns_obj, &clock)) {
-        return NULL;
-    }
-    if (!PyLong_Check(ns_obj)) {
-        PyErr_Format(PyExc_TypeError, "co_sleep_ns() argument 'ns' must be int, not %.100s",
-                     Py_TYPE(ns_obj)->tp_name);
-        return NULL;
-    }
-    long long ns = PyLong_AsLongLong(ns_obj);
-    if (ns == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (ns < 0) {
-        PyErr_Format(PyExc_ValueError, "co_sleep_ns() argument 'ns' must be >= 0, got %lld", ns);
-        return NULL;
-    }
-    if (clock < 0 || clock >= QL_CLOCK_MAX) {
-        PyErr_Format(PyExc_ValueError,
-                     "co_sleep_ns() argument 'clock' must be CLOCK_REALTIME, CLOCK_VIRTUAL "
-                     "or CLOCK_HOST, got %d", clock);
-        return NULL;
-    }
-    if (!ql_co_sleep_ns) {
-        PyErr_SetString(PyExc_NotImplementedError,
-                        "co_sleep_ns(): this build has no AioContext core");
-        return NULL;
-    }
-    QLPyCoroutine *self = qlpy_wait_begin("co_sleep_ns()");
-    if (!self) {
-        return NULL;
-    }
-    if (!ql_coroutine_get_context(self->co)) {
-        qlpy_wait_end(self);
-        PyErr_SetString(PyExc_RuntimeError,
-                        "co_sleep_ns(): the coroutine does not run in an AioContext");
-        return NULL;
-    }
-    int r = ql_co_sleep_ns((QLClockType)clock, (int64_t)ns);
-    qlpy_wait_end(self);
-    if (r < 0) {
-        return qlpy_co_error(r, "co_sleep_ns()");
-    }
-    Py_RETURN_NONE;
-}
-
-/* atexit: unwind the suspended coroutines of the calling thread. */
-static PyObject *mod_kill_all(PyObject *m, PyObject *Py_UNUSED(unused))
-{
-    (void)m;
-    PyThreadState *ts = PyThreadState_Get();
-    QLPyThread *t = tl_thread;
-    if (!t || t->id != ts->id) {
-        Py_RETURN_NONE;
-    }
-    qlpy_coroutine_service();
-    for (int guard = 0; guard < 1000000; guard++) {
-        QLPyCoroutine *c = t->live;
-        while (c && !killable(c)) {
-            c = c->live_next;
-        }
-        if (!c) {
-            break;
-        }
-        Py_INCREF(c);
-        co_kill(c);
-        if (c->state != QLPY_CO_DONE) {
-            c->immortal = 1; /* do not try again */
-        }
-        Py_DECREF(c);
-    }
-    qlpy_coroutine_service();
-    Py_RETURN_NONE;
-}
-
-static PyObject *mod_live_count(PyObject *m, PyObject *Py_UNUSED(unused))
-{
-    (void)m;
-    QLPyThread *t = tl_thread;
-    long n = 0;
-    if (t && t->id == PyThreadState_Get()->id) {
-        for (QLPyCoroutine *c = t->live; c; c = c->live_next) {
-            n++;
-        }
-    }
-    return PyLong_FromLong(n);
-}
-
-static PyObject *mod_service(PyObject *m, PyObject *Py_UNUSED(unused))
-{
-    (void)m;
-    qlpy_coroutine_service();
-    Py_RETURN_NONE;
-}
-
-void qlpy_coroutine_service(void)
-{
-    PyThreadState *ts = qlpy_ts_unchecked();
-    QLPyThread *t = tl_thread;
-    if (!t || !ts || t->id != ts->id) {
-        return;
-    }
-    service_pending = 0;
-    for (int round = 0; round < 16 && (t->zombies || t->kill_queue); round++) {
-        PyObject *z = t->zombies;
-        t->zombies = NULL;
-        Py_XDECREF(z);
-        PyObject *k = t->kill_queue;
-        t->kill_queue = NULL;
-        if (k) {
-            for (Py_ssize_t i = 0; i < PyList_GET_SIZE(k); i++) {
-                QLPyCoroutine *c = (QLPyCoroutine *)PyList_GET_ITEM(k, i);
-                if (killable(c) && owner_is_current(c, ts)) {
-                    co_kill(c);
-                }
-            }
-            Py_DECREF(k);
-        }
-    }
-    if (t->zombies || t->kill_queue) {
-        service_pending = 1;
-    }
-}
-
-/* ---- C API for the rest of the glue (glue.h) ---------------------------- */
-
-QLCoroutine *qlpy_coroutine_cptr(PyObject *obj)
-{
-    if (!PyObject_TypeCheck(obj, &QLPyCoroutine_Type)) {
-        PyErr_Format(PyExc_TypeError, "expected qloop.Coroutine, not %.100s",
-                     Py_TYPE(obj)->tp_name);
-        return NULL;
-    }
-    return ((QLPyCoroutine *)obj)->co;
-}
-
-void qlpy_coroutine_pin(PyObject *obj)
-{
-    QLPyCoroutine *co = (QLPyCoroutine *)obj;
-    Py_INCREF(co);
-    co->pins++;
-}
-
-void qlpy_coroutine_unpin(PyObject *obj)
-{
-    QLPyCoroutine *co = (QLPyCoroutine *)obj;
-    if (co->pins > 0) {
-        co->pins--;
-        Py_DECREF(co);
-    }
-}
-
-int qlpy_coroutine_yield(void)
-{
-    PyObject *r = mod_coroutine_yield(NULL, NULL);
-    if (!r) {
-        return -1;
-    }
-    Py_DECREF(r);
-    return 0;
-}
-
-static PyMethodDef coroutine_functions[] = {
-    {"coroutine_yield", mod_coroutine_yield, METH_NOARGS,
-     "coroutine_yield()\n--\n\nGive control back to whoever entered the running coroutine; "
-     "returns once it is entered again.  RuntimeError outside a coroutine."},
-    {"coroutine_self", mod_coroutine_self, METH_NOARGS,
-     "coroutine_self()\n--\n\nThe running qloop.Coroutine, or None."},
-    {"in_coroutine", mod_in_coroutine, METH_NOARGS,
-     "in_coroutine()\n--\n\nTrue inside a coroutine."},
-    {"co_wake", mod_co_wake, METH_O,
-     "co_wake(co)\n--\n\nWake a coroutine suspended by coroutine_yield(): from a coroutine "
-     "of the same context it runs once the caller yields or ends; from another "
-     "thread it is scheduled in its context; otherwise it is entered now."},
-    {"co_sleep_ns", (PyCFunction)(void (*)(void))mod_co_sleep_ns, METH_VARARGS | METH_KEYWORDS,
-     "co_sleep_ns(ns, clock=CLOCK_REALTIME)\n--\n\nSuspend the running coroutine for ns "
-     "nanoseconds of `clock` of its AioContext."},
-    {"_coroutine_kill_all", mod_kill_all, METH_NOARGS,
-     "Unwind the suspended coroutines of this thread (atexit hook)."},
-    {"_coroutine_live_count", mod_live_count, METH_NOARGS,
-     "Number of started, unfinished coroutines of this thread."},
-    {"_coroutine_service", mod_service, METH_NOARGS,
-     "Release deferred references and unwind coroutines dropped by other threads."},
-    {NULL, NULL, 0, NULL},
-};
 
 int qlpy_coroutine_init(PyObject *m)
 {
-    if (PyType_Ready(&ThreadSentinel_Type) < 0 || PyType_Ready(&QLPyCoroutine_Type) < 0) {
+    if (PyType_Ready(&QLPyCoroutine_Type) < 0) {
         return -1;
     }
     if (!qlpy_CoroutineExit) {
@@ -1290,5 +812,8 @@ int qlpy_coroutine_init(PyObject *m)
         PyModule_AddObject(m, "Coroutine", Py_NewRef((PyObject *)&QLPyCoroutine_Type)) < 0) {
         return -1;
     }
-    return PyModule_AddFunctions(m, coroutine_functions);
+    if (qlpy_pythread_init(m) < 0) {
+        return -1;
+    }
+    return qlpy_coroutine_api_init(m);
 }

@@ -30,6 +30,7 @@ typedef struct ContextObject {
     int oneshot_free_count;
     int dispatch_depth;      /* polls of this context running (nesting) */
     unsigned long poll_thread; /* thread running poll() when dispatch_depth > 0 */
+    uint64_t poll_tstate_id; /* PyThreadState id of the thread that polled it last (0: never) */
     int stop_requested;      /* run_forever() returns at its next iteration */
     int running_forever;     /* run_forever() calls in progress */
     PyObject *weakreflist;

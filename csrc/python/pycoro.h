@@ -12,6 +12,12 @@
 
 typedef struct QLPyThread QLPyThread;
 
+#if PY_VERSION_HEX >= 0x030D0000
+#define qlpy_ts_unchecked() PyThreadState_GetUnchecked()
+#else
+#define qlpy_ts_unchecked() _PyThreadState_UncheckedGet()
+#endif
+
 enum {
     QLPY_CO_NEW = 0,       /* created, never entered */
     QLPY_CO_RUNNING = 1,   /* running, or in the chain of entered coroutines */
@@ -53,7 +59,7 @@ typedef struct QLPyCoroutine {
     int held;
     unsigned char state;
     unsigned char py_entering;  /* inside a Python-level enter() / kill */
-    unsigned char kill;         /* CoroutineExit requested */
+    unsigned char kill;         /* CoroutineExit: 1 requested, 2 thrown */
     unsigned char exc_taken;    /* enter() or join() already raised exc */
     unsigned char immortal;     /* survived a kill: leaked on purpose */
     size_t stack_size;
@@ -68,6 +74,51 @@ extern PyObject *qlpy_CoroutineExit;
 
 /* The running Python coroutine of this thread, or NULL. */
 QLPyCoroutine *qlpy_current(void);
+
+/* ---- per-thread records (pythread.c) ---------------------------------- */
+
+/* One per Python thread state that used coroutines.  GIL held for all. */
+struct QLPyThread {
+    uint64_t id;              /* PyThreadState id (never reused) */
+    int alive;                /* cleared when the thread state is cleared */
+    Py_ssize_t refcnt;        /* sentinel (while alive) + coroutines owning it */
+    QLPyCoroutine *live;      /* started, unfinished coroutines */
+    PyObject *kill_queue;     /* list: dropped in other threads, to unwind here */
+    PyObject *zombies;        /* list: references to release later */
+};
+
+/* Read on every switch: initial-exec keeps them one instruction away (16
+ * bytes of the static TLS surplus glibc reserves for dlopen'ed modules). */
+#define QLPY_TLS _Thread_local __attribute__((tls_model("initial-exec")))
+extern QLPY_TLS QLPyThread *qlpy_tl_thread;      /* this thread's record */
+extern QLPY_TLS QLPyCoroutine *qlpy_tl_current;  /* running Python coroutine */
+extern int qlpy_service_pending; /* some thread has zombies or kills queued */
+
+QLPyThread *qlpy_thread_get(PyThreadState *ts); /* NULL + exception */
+void qlpy_thread_unref(QLPyThread *t);
+void qlpy_live_add(QLPyCoroutine *self);
+void qlpy_live_remove(QLPyCoroutine *self);
+/* Release `o` at the next service of this thread (steals it); -1 if the
+ * list could not grow (the reference then leaks). */
+int qlpy_zombie_add(QLPyThread *t, PyObject *o);
+int qlpy_pythread_init(PyObject *m);
+
+/* ---- coroutine.c / coroutine-api.c internals --------------------------- */
+
+void qlpy_stray_take(QLPyStray *s);
+void qlpy_stray_give(QLPyStray *s);
+/* Drop self-held references while someone else holds one too. */
+void qlpy_drop_held(QLPyCoroutine *self);
+/* The running Python coroutine if it may switch now, else NULL + RuntimeError. */
+QLPyCoroutine *qlpy_switchable_current(const char *what);
+int qlpy_owner_is_current(QLPyCoroutine *self, PyThreadState *ts);
+/* Unwind a suspended coroutine with CoroutineExit (owner thread). */
+void qlpy_co_kill(QLPyCoroutine *self);
+int qlpy_co_killable(QLPyCoroutine *self);
+int qlpy_coroutine_api_init(PyObject *m);
+/* -1 + RuntimeError naming `what` if called from a trace or profile
+ * function (a switch there would hide other coroutines from the tracer). */
+int qlpy_check_not_tracing(const char *what);
 
 /* Around a wait in the core (lock, queue, sleep, join) by the running
  * coroutine: begin checks that a Python coroutine is running and may switch

@@ -192,25 +192,22 @@ static inline void qlpy_state_switch(QLPyState *out, QLPyState *in, PyThreadStat
 }
 
 /*
- * Bytes of the coroutine's C stack given to its root data-stack chunk (3.11+)
- * for a usable stack of `stack_size` bytes: 1/16 of the stack, between 1 and
- * 16 KiB (CPython's own chunks are 16 KiB).  The chunk lives in the entry
- * function's frame on the coroutine's own stack, so a short coroutine touches
- * one contiguous run of pages and needs no allocation.
+ * Bytes of the coroutine's C stack given to its root data-stack chunk (3.11+).
+ * The chunk lives in the entry function's frame, right below the top of the
+ * coroutine's stack, and the first Python frames sit at its low end: a small
+ * chunk keeps a trivial suspended coroutine within the stack's top page or
+ * two (RSS), frames beyond it spill into ordinary 16 KiB chunks, which
+ * coroutine.c recycles through a small cache in front of CPython's arena
+ * allocator so that spilling costs no system call.
  */
+#define QLPY_ROOT_CHUNK_BYTES 2048
+
 static inline size_t qlpy_root_chunk_bytes(size_t stack_size)
 {
-#ifdef QLPY_HAVE_DATASTACK
-    size_t b = stack_size / 16;
-    if (b > 16384) {
-        b = 16384;
-    }
-    if (b < 1024) {
-        b = 1024;
-    }
-    return b & ~(size_t)15;
-#else
     (void)stack_size;
+#ifdef QLPY_HAVE_DATASTACK
+    return QLPY_ROOT_CHUNK_BYTES;
+#else
     return 0;
 #endif
 }

@@ -19,5 +19,6 @@
 #include "qloop/task.h"
 #include "qloop/aiocb.h"
 #include "qloop/main-loop.h"
+#include "qloop/channel.h"
 
 #endif /* QLOOP_QLOOP_H */
