@@ -114,3 +114,22 @@ def test_co_schedule_into_a_context_polled_by_another_thread_is_refused():
         assert done.wait(5)
         with pytest.raises(RuntimeError, match="another thread"):
             io.context.co_schedule(co)
+
+
+def test_running_coroutine_can_schedule_itself_to_yield_to_the_loop():
+    order = []
+
+    def co_body(name):
+        for i in range(3):
+            order.append((name, i))
+            ctx.co_schedule(qloop.coroutine_self())
+            qloop.coroutine_yield()  # the context enters it again next poll
+
+    with qloop.AioContext() as ctx:
+        a = qloop.Coroutine(co_body, "a")
+        b = qloop.Coroutine(co_body, "b")
+        ctx.co_schedule(a)
+        ctx.co_schedule(b)
+        while not (a.done and b.done):
+            ctx.poll()
+    assert order == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]

@@ -130,7 +130,10 @@ static PyObject *wake_or_schedule(PyObject *arg, QLContext *ctx, const char *wha
                      "%s: the coroutine is waiting in %s and is woken by it", what, co->blocked);
         return NULL;
     }
-    if (co->state == QLPY_CO_RUNNING) {
+    /* A running coroutine may schedule itself (QEMU's aio_co_schedule of
+     * qemu_coroutine_self()): it yields next, and the context enters it again
+     * in its next poll. */
+    if (co->state == QLPY_CO_RUNNING && !(ctx && co == qlpy_tl_current)) {
         PyErr_Format(PyExc_RuntimeError, "%s: the coroutine is already running", what);
         return NULL;
     }
