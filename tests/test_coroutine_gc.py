@@ -249,6 +249,7 @@ def test_owner_thread_exited_no_code_runs():
     assert log == []
 
 
+@pytest.mark.rss
 def test_rss_flat_over_100k_create_suspend_drop_cycles():
     rc, out, err = run_child("""
         import gc
