@@ -138,6 +138,13 @@ struct QLContext {
     QLBH *co_sched_bh;         /* [const] runs ql__co_sched_bh_cb */
 };
 
+/* Thread-local storage of the core.  initial-exec: a plain %fs-relative
+ * access instead of a __tls_get_addr() call per access when libqloop is
+ * linked into a shared object (the Python extension).  It takes a few bytes
+ * of the static TLS block that the C library reserves for dlopen()ed
+ * objects (the core uses under 32 bytes). */
+#define QL_TLS __thread __attribute__((tls_model("initial-exec")))
+
 /* A unique, cheap identity of the calling thread (bh.c). */
 void *ql__thread_id(void);
 

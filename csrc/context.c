@@ -39,8 +39,8 @@
 
 #define QL_POLL_BATCH 64
 
-static __thread QLContext *tl_current;     /* ql_context_current() */
-static __thread QLContext *tl_dispatching; /* callbacks of this ctx running */
+static QL_TLS QLContext *tl_current;     /* ql_context_current() */
+static QL_TLS QLContext *tl_dispatching; /* callbacks of this ctx running */
 
 QLContext *ql_context_current(void)
 {

@@ -11,7 +11,7 @@ PyObject *qlpy_raise_errno(int neg_errno)
 }
 
 /* The innermost running dispatch of this thread (see DispatchFrame). */
-_Thread_local DispatchFrame *qlpy_top_frame;
+_Thread_local DispatchFrame *qlpy_top_frame QLPY_TLS_MODEL;
 
 /* Take the raised exception as one object (traceback attached). */
 PyObject *qlpy_fetch_exception(void)

@@ -56,7 +56,9 @@ void qlpy_callback_failed(ContextObject *ctx);
 void qlpy_call_callback(ContextObject *ctx, PyObject *cb, PyObject *args);
 
 /* The innermost running dispatch of this thread. */
-extern _Thread_local DispatchFrame *qlpy_top_frame;
+/* initial-exec TLS: no __tls_get_addr() call per access (see context-int.h). */
+#define QLPY_TLS_MODEL __attribute__((tls_model("initial-exec")))
+extern _Thread_local DispatchFrame *qlpy_top_frame QLPY_TLS_MODEL;
 
 /* Take the raised exception as one object (traceback attached), or NULL. */
 PyObject *qlpy_fetch_exception(void);
