@@ -57,12 +57,21 @@ struct QLTimer {
     const char *name;          /* [const] */
     int64_t expire;            /* [lock] for writes, [atomic] reads; -1: idle */
     uint64_t seq;              /* [lock] arming order, breaks deadline ties */
-    size_t heap_index;         /* [lock] position in the heap, or QL_TIMER_NOT_IN_HEAP */
+    size_t heap_index;         /* [lock] position in the heap, QL_TIMER_IN_WHEEL
+                                * or QL_TIMER_NOT_IN_HEAP */
+    struct QLTimer *wnext;     /* [lock] next in its wheel bucket */
+    struct QLTimer **wpprev;   /* [lock] the pointer that points at us */
     int scale;                 /* ns per unit for qemu-compat.h's timer_mod() */
     struct QLTimer *all_prev, *all_next; /* [lock] every timer of the ctx */
 };
 
 #define QL_TIMER_NOT_IN_HEAP ((size_t)-1)
+#define QL_TIMER_IN_WHEEL ((size_t)-2)
+
+/* Timer wheel in front of the heap (see timer.c): QL_WHEEL_SIZE buckets of
+ * 2^QL_WHEEL_SHIFT ns (262 us; the wheel spans 268 ms). */
+#define QL_WHEEL_SHIFT 18
+#define QL_WHEEL_SIZE 1024
 
 /* A heap slot caches the key so that comparisons never touch the timer. */
 typedef struct QLTimerSlot {
@@ -73,7 +82,14 @@ typedef struct QLTimerSlot {
 
 typedef struct QLTimerHeap {
     QLTimerSlot *a;            /* [lock] 4-ary min-heap on (expire, seq) */
-    size_t n, cap;
+    size_t n, cap;             /* n: [lock] writes, [atomic] reads */
+    /* The wheel: unsorted buckets of timers whose tick (expire >> SHIFT) is
+     * in (cursor, cursor + QL_WHEEL_SIZE).  Allocated on first use. */
+    QLTimer **wheel;           /* [lock] bucket heads, NULL before first use */
+    size_t wcount;             /* [lock] writes, [atomic] reads: timers in it */
+    int64_t cursor;            /* [lock] every armed timer with tick <= cursor
+                                * is in the heap */
+    uint64_t wbits[QL_WHEEL_SIZE / 64]; /* [lock] non-empty buckets */
 } QLTimerHeap;
 
 /* ---- fd handlers -------------------------------------------------------- */

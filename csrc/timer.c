@@ -1,12 +1,26 @@
 /*
  * Clocks and timers.
  *
- * Each context keeps one binary min-heap of armed timers per clock, ordered
- * by (deadline, arming sequence number): equal deadlines fire in arming
- * order.  A timer stores its heap position, so mod and del are O(log n) and
- * allocate nothing once the heap array has grown (it doubles).  ctx->lock
- * protects the heaps and every timer's expire/seq/heap_index, which makes
- * mod/del safe from any thread; callbacks run without the lock.
+ * Each context keeps, per clock, a min-heap of armed timers ordered by
+ * (deadline, arming sequence number): equal deadlines fire in arming order.
+ * In front of the heap sits a timer wheel: QL_WHEEL_SIZE unsorted buckets of
+ * 2^QL_WHEEL_SHIFT ns each.  A timer whose tick (deadline >> SHIFT) is in
+ * (cursor, cursor + QL_WHEEL_SIZE) is linked in the bucket of its tick (O(1)
+ * arm and del, nothing touched but the bucket head and one neighbour); any
+ * other timer goes to the heap.  The heap therefore holds every timer with a
+ * tick <= cursor, plus far ones.  Whoever needs the earliest deadline (the
+ * run pass, the timeout, a virtual clock move) first makes sure the heap
+ * holds it: if no heap timer has a tick <= cursor, the cursor advances to the
+ * first non-empty bucket and that bucket moves into the heap (wheel_settle).
+ * The heap stays small (a bucket or two of near timers), so its pops stay in
+ * cache, where a single heap of every armed timer missed the cache at each
+ * level.  Deadlines and order are exact: the wheel only defers sorting.
+ *
+ * A timer stores its position (heap index or wheel links), so mod and del
+ * are O(log n) and allocate nothing once the heap array has grown: the heap
+ * is kept large enough for every armed timer, so moving a bucket into it
+ * never allocates.  ctx->lock protects all of it, which makes mod/del safe
+ * from any thread; callbacks run without the lock.
  *
  * Run pass (ql__timers_run): the clock is read once per clock, and the pass
  * runs, in deadline order, the timers that are due at that instant and were
@@ -121,22 +135,39 @@ static void heap_fix(QLTimerHeap *h, size_t i)
     }
 }
 
-static int heap_insert(QLTimerHeap *h, QLTimer *t)
+/* Make room in the heap for every armed timer plus one more (so that moving
+ * wheel buckets into it never allocates). */
+static int heap_reserve(QLTimerHeap *h)
 {
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 16;
+    size_t need = h->n + h->wcount + 1;
+    if (need > h->cap) {
+        size_t cap = h->cap ? h->cap : 16;
+        while (cap < need) {
+            cap *= 2;
+        }
         QLTimerSlot *a = realloc(h->a, cap * sizeof *a);
         if (!a) {
             return -ENOMEM;
         }
+        if (!h->a && !h->wheel) {
+            /* First arm on this clock: the wheel comes with the heap (so that
+             * both are allocated during warm-up).  Without it (no memory)
+             * every timer goes to the heap, which is just slower. */
+            h->wheel = calloc(QL_WHEEL_SIZE, sizeof *h->wheel);
+        }
         h->a = a;
         h->cap = cap;
     }
+    return 0;
+}
+
+/* Insert t (room reserved). */
+static void heap_insert(QLTimerHeap *h, QLTimer *t)
+{
     size_t i = h->n;
     __atomic_store_n(&h->n, i + 1, __ATOMIC_RELAXED);
     heap_place(h, i, (QLTimerSlot){t->expire, t->seq, t});
     heap_sift_up(h, i);
-    return 0;
 }
 
 static void heap_remove(QLTimerHeap *h, QLTimer *t)
@@ -149,6 +180,145 @@ static void heap_remove(QLTimerHeap *h, QLTimer *t)
         heap_place(h, i, h->a[last]);
         heap_fix(h, i);
     }
+}
+
+
+/* ---- wheel ---------------------------------------------------------------- */
+
+static inline int64_t tick_of(int64_t expire)
+{
+    return expire >> QL_WHEEL_SHIFT;
+}
+
+static void wheel_link(QLTimerHeap *h, QLTimer *t, int64_t tick)
+{
+    size_t b = (size_t)tick & (QL_WHEEL_SIZE - 1);
+    QLTimer *head = h->wheel[b];
+    t->wnext = head;
+    if (head) {
+        head->wpprev = &t->wnext;
+    }
+    t->wpprev = &h->wheel[b];
+    h->wheel[b] = t;
+    h->wbits[b / 64] |= 1ull << (b % 64);
+    t->heap_index = QL_TIMER_IN_WHEEL;
+    __atomic_store_n(&h->wcount, h->wcount + 1, __ATOMIC_RELAXED);
+}
+
+static void wheel_unlink(QLTimerHeap *h, QLTimer *t)
+{
+    *t->wpprev = t->wnext;
+    if (t->wnext) {
+        t->wnext->wpprev = t->wpprev;
+    } else if (t->wpprev >= h->wheel && t->wpprev < h->wheel + QL_WHEEL_SIZE &&
+               !*t->wpprev) {
+        size_t b = (size_t)(t->wpprev - h->wheel); /* the bucket is empty now */
+        h->wbits[b / 64] &= ~(1ull << (b % 64));
+    }
+    t->wnext = NULL;
+    t->wpprev = NULL;
+    t->heap_index = QL_TIMER_NOT_IN_HEAP;
+    __atomic_store_n(&h->wcount, h->wcount - 1, __ATOMIC_RELAXED);
+}
+
+/* Buckets to go from the cursor's bucket to the first non-empty one after
+ * it (1 .. QL_WHEEL_SIZE - 1), or 0 if the wheel is empty. */
+static size_t wheel_next_offset(const QLTimerHeap *h)
+{
+    size_t start = ((size_t)h->cursor + 1) & (QL_WHEEL_SIZE - 1);
+    size_t b = start;
+    for (size_t scanned = 0; scanned < QL_WHEEL_SIZE + 64; ) {
+        size_t w = b / 64;
+        uint64_t bits = h->wbits[w] >> (b % 64);
+        if (bits) {
+            size_t found = b + (size_t)__builtin_ctzll(bits);
+            return ((found - (size_t)h->cursor) & (QL_WHEEL_SIZE - 1));
+        }
+        scanned += 64 - b % 64;
+        b = (w + 1) * 64 % QL_WHEEL_SIZE;
+    }
+    return 0;
+}
+
+/* Make the heap hold the earliest armed timer: unless a heap timer is at or
+ * before the cursor, move the cursor to the first non-empty bucket and that
+ * bucket into the heap.  [lock] */
+static void wheel_settle(QLTimerHeap *h)
+{
+    if (!h->wcount || (h->n && tick_of(h->a[0].expire) <= h->cursor)) {
+        return;
+    }
+    size_t off = wheel_next_offset(h);
+    h->cursor += (int64_t)off;
+    size_t b = (size_t)h->cursor & (QL_WHEEL_SIZE - 1);
+    QLTimer *t = h->wheel[b];
+    h->wheel[b] = NULL;
+    h->wbits[b / 64] &= ~(1ull << (b % 64));
+    size_t moved = 0;
+    while (t) {
+        QLTimer *next = t->wnext;
+        t->wnext = NULL;
+        t->wpprev = NULL;
+        heap_insert(h, t); /* room reserved by heap_reserve() */
+        moved++;
+        t = next;
+    }
+    __atomic_store_n(&h->wcount, h->wcount - moved, __ATOMIC_RELAXED);
+}
+
+/* Is t, just linked in the wheel, possibly the earliest armed timer?  (May
+ * say yes when it is not; never no when it is.) */
+static bool wheel_maybe_head(const QLTimerHeap *h, const QLTimer *t)
+{
+    if (h->n && (tick_of(h->a[0].expire) <= h->cursor || h->a[0].expire <= t->expire)) {
+        return false;
+    }
+    /* No earlier non-empty bucket? */
+    size_t mine = ((size_t)tick_of(t->expire) - (size_t)h->cursor) & (QL_WHEEL_SIZE - 1);
+    return wheel_next_offset(h) == mine;
+}
+
+/* Arm t (not armed) at t->expire; now: the clock or -1 if not read.  [lock] */
+static int timer_insert(QLContext *ctx, QLTimerHeap *h, QLTimer *t, int64_t now)
+{
+    int r = heap_reserve(h);
+    if (r < 0) {
+        return r;
+    }
+    int64_t tick = tick_of(t->expire);
+    if (!h->wcount) {
+        /* Empty wheel: any cursor is valid.  Put it at the present so that
+         * the timers armed from now on spread over the wheel. */
+        if (now < 0) {
+            now = clock_now(ctx, t->type);
+        }
+        h->cursor = tick_of(now < 0 ? 0 : now);
+        if (!h->n) {
+            heap_insert(h, t); /* the only armed timer: straight to the heap */
+            return 0;
+        }
+    }
+    if (tick > h->cursor && tick - h->cursor < QL_WHEEL_SIZE && h->wheel) {
+        wheel_link(h, t, tick);
+    } else {
+        heap_insert(h, t);
+    }
+    return 0;
+}
+
+/* Disarm t (armed).  [lock] */
+static void timer_remove(QLTimerHeap *h, QLTimer *t)
+{
+    if (t->heap_index == QL_TIMER_IN_WHEEL) {
+        wheel_unlink(h, t);
+    } else {
+        heap_remove(h, t);
+    }
+}
+
+static inline bool timer_armed(const QLTimer *t)
+{
+    return t->heap_index != QL_TIMER_NOT_IN_HEAP;
 }
 
 /* ---- timers --------------------------------------------------------------- */
@@ -183,8 +353,9 @@ QLTimer *ql_timer_new(QLContext *ctx, QLClockType type, QLTimerFunc *cb, void *o
     return t;
 }
 
-/* Arm t at expire (anticipate: only if idle or earlier). */
-static int timer_arm(QLTimer *t, int64_t expire, bool anticipate)
+/* Arm t at expire (anticipate: only if idle or earlier).  now: the clock's
+ * current value if the caller read it, else -1. */
+static int timer_arm(QLTimer *t, int64_t expire, bool anticipate, int64_t now)
 {
     QLContext *ctx = __atomic_load_n(&t->ctx, __ATOMIC_RELAXED);
     if (!ctx) {
@@ -195,28 +366,41 @@ static int timer_arm(QLTimer *t, int64_t expire, bool anticipate)
         expire = 0;
     }
     QLTimerHeap *h = &ctx->heap[t->type];
+    bool new_head;
     pthread_mutex_lock(&ctx->lock);
-    if (t->heap_index != QL_TIMER_NOT_IN_HEAP) {
+    if (t->heap_index < QL_TIMER_IN_WHEEL) {
         if (anticipate && t->expire <= expire) {
             pthread_mutex_unlock(&ctx->lock);
             return 0;
         }
+        /* In the heap: stay there (the heap may hold any timer). */
         __atomic_store_n(&t->expire, expire, __ATOMIC_RELAXED);
         t->seq = ctx->timer_seq++;
         h->a[t->heap_index].expire = expire;
         h->a[t->heap_index].seq = t->seq;
         heap_fix(h, t->heap_index);
+        new_head = t->heap_index == 0;
     } else {
+        if (t->heap_index == QL_TIMER_IN_WHEEL) {
+            if (anticipate && t->expire <= expire) {
+                pthread_mutex_unlock(&ctx->lock);
+                return 0;
+            }
+            wheel_unlink(h, t);
+        }
         __atomic_store_n(&t->expire, expire, __ATOMIC_RELAXED);
         t->seq = ctx->timer_seq++;
-        int r = heap_insert(h, t);
+        int r = timer_insert(ctx, h, t, now);
         if (r < 0) {
+            /* Only a timer that was not armed gets here: the heap has room
+             * for every armed timer, so a re-arm from the wheel fits. */
             __atomic_store_n(&t->expire, -1, __ATOMIC_RELAXED);
             pthread_mutex_unlock(&ctx->lock);
             return r;
         }
+        new_head = t->heap_index == QL_TIMER_IN_WHEEL ? wheel_maybe_head(h, t)
+                                                      : t->heap_index == 0;
     }
-    bool new_head = t->heap_index == 0;
     pthread_mutex_unlock(&ctx->lock);
     if (new_head && !ql__in_dispatch(ctx)) {
         ql_context_notify(ctx);
@@ -226,23 +410,23 @@ static int timer_arm(QLTimer *t, int64_t expire, bool anticipate)
 
 int ql_timer_mod(QLTimer *t, int64_t expire_ns)
 {
-    return timer_arm(t, expire_ns, false);
+    return timer_arm(t, expire_ns, false, -1);
 }
 
 int ql_timer_mod_anticipate(QLTimer *t, int64_t expire_ns)
 {
-    return timer_arm(t, expire_ns, true);
+    return timer_arm(t, expire_ns, true, -1);
 }
 
 int ql_timer_mod_in(QLTimer *t, int64_t delay_ns)
 {
     QLContext *ctx = __atomic_load_n(&t->ctx, __ATOMIC_RELAXED);
     if (!ctx) {
-        return timer_arm(t, 0, false); /* reports the misuse */
+        return timer_arm(t, 0, false, -1); /* reports the misuse */
     }
     int64_t now = clock_now(ctx, t->type);
     int64_t expire = delay_ns > INT64_MAX - now ? INT64_MAX : now + (delay_ns < 0 ? 0 : delay_ns);
-    return timer_arm(t, expire, false);
+    return timer_arm(t, expire, false, now);
 }
 
 void ql_timer_del(QLTimer *t)
@@ -252,8 +436,8 @@ void ql_timer_del(QLTimer *t)
         return;
     }
     pthread_mutex_lock(&ctx->lock);
-    if (t->heap_index != QL_TIMER_NOT_IN_HEAP) {
-        heap_remove(&ctx->heap[t->type], t);
+    if (timer_armed(t)) {
+        timer_remove(&ctx->heap[t->type], t);
     }
     __atomic_store_n(&t->expire, -1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&ctx->lock);
@@ -267,8 +451,8 @@ void ql_timer_free(QLTimer *t)
     QLContext *ctx = __atomic_load_n(&t->ctx, __ATOMIC_RELAXED);
     if (ctx) {
         pthread_mutex_lock(&ctx->lock);
-        if (t->heap_index != QL_TIMER_NOT_IN_HEAP) {
-            heap_remove(&ctx->heap[t->type], t);
+        if (timer_armed(t)) {
+            timer_remove(&ctx->heap[t->type], t);
         }
         if (t->all_prev) {
             t->all_prev->all_next = t->all_next;
@@ -315,6 +499,7 @@ static void vclock_moved(QLContext *ctx, int64_t now)
 {
     QLTimerHeap *h = &ctx->heap[QL_CLOCK_VIRTUAL];
     pthread_mutex_lock(&ctx->lock);
+    wheel_settle(h);
     bool due = h->n > 0 && h->a[0].expire <= now;
     pthread_mutex_unlock(&ctx->lock);
     if (due && !ql__in_dispatch(ctx)) {
@@ -375,7 +560,8 @@ int ql__timers_run(QLContext *ctx)
     int progress = 0;
     size_t armed = 0;
     for (int type = 0; type < QL_CLOCK_MAX; type++) {
-        armed |= __atomic_load_n(&ctx->heap[type].n, __ATOMIC_RELAXED);
+        armed |= __atomic_load_n(&ctx->heap[type].n, __ATOMIC_RELAXED) |
+                 __atomic_load_n(&ctx->heap[type].wcount, __ATOMIC_RELAXED);
     }
     if (!armed) {
         return 0; /* a timer armed concurrently runs next poll anyway */
@@ -385,12 +571,17 @@ int ql__timers_run(QLContext *ctx)
     pthread_mutex_unlock(&ctx->lock);
     for (int type = 0; type < QL_CLOCK_MAX; type++) {
         QLTimerHeap *h = &ctx->heap[type];
-        if (__atomic_load_n(&h->n, __ATOMIC_RELAXED) == 0) {
+        if ((__atomic_load_n(&h->n, __ATOMIC_RELAXED) |
+             __atomic_load_n(&h->wcount, __ATOMIC_RELAXED)) == 0) {
             continue;
         }
         int64_t now = clock_now(ctx, (QLClockType)type); /* once per pass */
         pthread_mutex_lock(&ctx->lock);
-        while (h->n > 0) {
+        for (;;) {
+            wheel_settle(h);
+            if (h->n == 0) {
+                break;
+            }
             if (h->a[0].expire > now || h->a[0].seq >= limit) {
                 break;
             }
@@ -416,7 +607,8 @@ int64_t ql__timers_timeout(QLContext *ctx, int64_t *virt_deadline)
     *virt_deadline = -1;
     size_t armed = 0;
     for (int type = 0; type < QL_CLOCK_MAX; type++) {
-        armed |= __atomic_load_n(&ctx->heap[type].n, __ATOMIC_RELAXED);
+        armed |= __atomic_load_n(&ctx->heap[type].n, __ATOMIC_RELAXED) |
+                 __atomic_load_n(&ctx->heap[type].wcount, __ATOMIC_RELAXED);
     }
     if (!armed) {
         /* Racing arms notify the context (new head), so the wait wakes. */
@@ -425,6 +617,7 @@ int64_t ql__timers_timeout(QLContext *ctx, int64_t *virt_deadline)
     pthread_mutex_lock(&ctx->lock);
     for (int type = 0; type < QL_CLOCK_MAX; type++) {
         QLTimerHeap *h = &ctx->heap[type];
+        wheel_settle(h);
         if (h->n == 0) {
             continue;
         }
@@ -467,12 +660,15 @@ void ql__timers_cleanup(QLContext *ctx)
     pthread_mutex_lock(&ctx->lock);
     for (QLTimer *t = ctx->timer_all; t; t = t->all_next) {
         t->heap_index = QL_TIMER_NOT_IN_HEAP;
+        t->wnext = NULL;
+        t->wpprev = NULL;
         __atomic_store_n(&t->expire, -1, __ATOMIC_RELAXED);
         __atomic_store_n(&t->ctx, NULL, __ATOMIC_RELAXED);
     }
     ctx->timer_all = NULL;
     for (int i = 0; i < QL_CLOCK_MAX; i++) {
         free(ctx->heap[i].a);
+        free(ctx->heap[i].wheel);
         ctx->heap[i] = (QLTimerHeap){0};
     }
     pthread_mutex_unlock(&ctx->lock);
