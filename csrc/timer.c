@@ -323,18 +323,18 @@ static inline bool timer_armed(const QLTimer *t)
 
 /* ---- timers --------------------------------------------------------------- */
 
-QLTimer *ql_timer_new(QLContext *ctx, QLClockType type, QLTimerFunc *cb, void *opaque,
-                      const char *name)
+size_t ql_timer_sizeof(void)
 {
-    if (!ctx || !cb || (unsigned)type >= QL_CLOCK_MAX) {
-        errno = EINVAL;
-        return NULL;
+    return sizeof(QLTimer);
+}
+
+int ql_timer_init(QLTimer *t, QLContext *ctx, QLClockType type, QLTimerFunc *cb,
+                  void *opaque, const char *name)
+{
+    if (!t || !ctx || !cb || (unsigned)type >= QL_CLOCK_MAX) {
+        return -EINVAL;
     }
-    QLTimer *t = calloc(1, sizeof *t);
-    if (!t) {
-        errno = ENOMEM;
-        return NULL;
-    }
+    *t = (QLTimer){0};
     t->ctx = ctx;
     t->type = type;
     t->cb = cb;
@@ -350,6 +350,22 @@ QLTimer *ql_timer_new(QLContext *ctx, QLClockType type, QLTimerFunc *cb, void *o
     }
     ctx->timer_all = t;
     pthread_mutex_unlock(&ctx->lock);
+    return 0;
+}
+
+QLTimer *ql_timer_new(QLContext *ctx, QLClockType type, QLTimerFunc *cb, void *opaque,
+                      const char *name)
+{
+    if (!ctx || !cb || (unsigned)type >= QL_CLOCK_MAX) {
+        errno = EINVAL;
+        return NULL;
+    }
+    QLTimer *t = malloc(sizeof *t);
+    if (!t) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    ql_timer_init(t, ctx, type, cb, opaque, name);
     return t;
 }
 
@@ -443,7 +459,7 @@ void ql_timer_del(QLTimer *t)
     pthread_mutex_unlock(&ctx->lock);
 }
 
-void ql_timer_free(QLTimer *t)
+void ql_timer_deinit(QLTimer *t)
 {
     if (!t) {
         return;
@@ -464,6 +480,13 @@ void ql_timer_free(QLTimer *t)
         }
         pthread_mutex_unlock(&ctx->lock);
     }
+    t->ctx = NULL;
+    t->expire = -1;
+}
+
+void ql_timer_free(QLTimer *t)
+{
+    ql_timer_deinit(t);
     free(t);
 }
 

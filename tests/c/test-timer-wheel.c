@@ -5,7 +5,9 @@
 #include "qltest.h"
 #include "context-int.h"
 
+#include <errno.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -367,7 +369,52 @@ static void test_wheel_one_million_pending(void)
     destroy(ctx, ws, N);
 }
 
-QLTEST_MAIN(QLT(test_wheel_equal_deadlines_fire_in_arming_order),
+/* ql_timer_init/deinit: a timer embedded in a caller's object. */
+typedef struct Embedded {
+    int fired;
+    _Alignas(max_align_t) unsigned char storage[256];
+} Embedded;
+
+static void embedded_cb(void *opaque)
+{
+    Embedded *e = opaque;
+    e->fired++;
+    ql_timer_deinit((QLTimer *)e->storage); /* allowed from its own callback */
+}
+
+static void test_timer_init_and_deinit_embedded_storage(void)
+{
+    QLContext *ctx = setup();
+    QL_CHECK(ql_timer_sizeof() <= sizeof(((Embedded *)0)->storage));
+    Embedded a = {0}, b = {0};
+    QLTimer *ta = (QLTimer *)a.storage, *tb = (QLTimer *)b.storage;
+    QL_CHECK_EQ(ql_timer_init(ta, NULL, QL_CLOCK_VIRTUAL, embedded_cb, &a, "a"), -EINVAL);
+    QL_CHECK_EQ(ql_timer_init(ta, ctx, QL_CLOCK_MAX, embedded_cb, &a, "a"), -EINVAL);
+    QL_CHECK_EQ(ql_timer_init(ta, ctx, QL_CLOCK_VIRTUAL, embedded_cb, &a, "a"), 0);
+    QL_CHECK_EQ(ql_timer_init(tb, ctx, QL_CLOCK_VIRTUAL, embedded_cb, &b, "b"), 0);
+    QL_CHECK(!ql_timer_pending(ta));
+    QL_CHECK_EQ(ql_timer_mod(ta, 5), 0);
+    QL_CHECK_EQ(ql_timer_mod(tb, 3 * TICK), 0); /* in the wheel */
+    QL_CHECK(ql_timer_pending(tb));
+    ql_timer_deinit(tb);                        /* while armed: disarmed */
+    QL_CHECK(!ql_timer_pending(tb));
+    ql_virtual_clock_set(ctx, 4 * TICK);
+    while (ql_context_poll(ctx, false) > 0) {
+    }
+    QL_CHECK_EQ(a.fired, 1);
+    QL_CHECK_EQ(b.fired, 0);
+    /* storage reusable after deinit */
+    QL_CHECK_EQ(ql_timer_init(tb, ctx, QL_CLOCK_VIRTUAL, embedded_cb, &b, "b"), 0);
+    QL_CHECK_EQ(ql_timer_mod_in(tb, 1), 0);
+    ql_virtual_clock_advance(ctx, 1);
+    while (ql_context_poll(ctx, false) > 0) {
+    }
+    QL_CHECK_EQ(b.fired, 1);
+    ql_context_free(ctx);
+}
+
+QLTEST_MAIN(QLT(test_timer_init_and_deinit_embedded_storage),
+            QLT(test_wheel_equal_deadlines_fire_in_arming_order),
             QLT(test_wheel_random_mod_del_matches_model),
             QLT(test_wheel_extreme_deadlines_and_big_jumps),
             QLT(test_wheel_timeout_is_the_earliest_deadline),
