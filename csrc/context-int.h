@@ -133,6 +133,8 @@ struct QLContext {
     pthread_mutex_t lock;      /* timers, heaps, BH registry */
     QLTimerHeap heap[QL_CLOCK_MAX];
     uint64_t timer_seq;        /* [lock] */
+    size_t timers_armed;       /* [lock] writes, [atomic] reads: armed timers,
+                                * every clock (a poll with none skips timers) */
     QLTimer *timer_all;        /* [lock] */
     int64_t vclock;            /* [atomic] virtual time in ns */
     bool autojump;             /* [atomic] */

@@ -306,9 +306,15 @@ static int timer_insert(QLContext *ctx, QLTimerHeap *h, QLTimer *t, int64_t now)
     return 0;
 }
 
-/* Disarm t (armed).  [lock] */
-static void timer_remove(QLTimerHeap *h, QLTimer *t)
+static inline void armed_count(QLContext *ctx, int delta)
 {
+    __atomic_store_n(&ctx->timers_armed, ctx->timers_armed + (size_t)delta, __ATOMIC_RELAXED);
+}
+
+/* Disarm t (armed).  [lock] */
+static void timer_remove(QLContext *ctx, QLTimerHeap *h, QLTimer *t)
+{
+    __atomic_store_n(&ctx->timers_armed, ctx->timers_armed - 1, __ATOMIC_RELAXED);
     if (t->heap_index == QL_TIMER_IN_WHEEL) {
         wheel_unlink(h, t);
     } else {
@@ -402,7 +408,9 @@ static int timer_arm(QLTimer *t, int64_t expire, bool anticipate, int64_t now)
                 pthread_mutex_unlock(&ctx->lock);
                 return 0;
             }
-            wheel_unlink(h, t);
+            wheel_unlink(h, t); /* still counted as armed */
+        } else {
+            armed_count(ctx, 1);
         }
         __atomic_store_n(&t->expire, expire, __ATOMIC_RELAXED);
         t->seq = ctx->timer_seq++;
@@ -410,6 +418,7 @@ static int timer_arm(QLTimer *t, int64_t expire, bool anticipate, int64_t now)
         if (r < 0) {
             /* Only a timer that was not armed gets here: the heap has room
              * for every armed timer, so a re-arm from the wheel fits. */
+            armed_count(ctx, -1);
             __atomic_store_n(&t->expire, -1, __ATOMIC_RELAXED);
             pthread_mutex_unlock(&ctx->lock);
             return r;
@@ -453,7 +462,7 @@ void ql_timer_del(QLTimer *t)
     }
     pthread_mutex_lock(&ctx->lock);
     if (timer_armed(t)) {
-        timer_remove(&ctx->heap[t->type], t);
+        timer_remove(ctx, &ctx->heap[t->type], t);
     }
     __atomic_store_n(&t->expire, -1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&ctx->lock);
@@ -468,7 +477,7 @@ void ql_timer_deinit(QLTimer *t)
     if (ctx) {
         pthread_mutex_lock(&ctx->lock);
         if (timer_armed(t)) {
-            timer_remove(&ctx->heap[t->type], t);
+            timer_remove(ctx, &ctx->heap[t->type], t);
         }
         if (t->all_prev) {
             t->all_prev->all_next = t->all_next;
@@ -581,12 +590,7 @@ void ql__virtual_clock_jump(QLContext *ctx, int64_t to)
 int ql__timers_run(QLContext *ctx)
 {
     int progress = 0;
-    size_t armed = 0;
-    for (int type = 0; type < QL_CLOCK_MAX; type++) {
-        armed |= __atomic_load_n(&ctx->heap[type].n, __ATOMIC_RELAXED) |
-                 __atomic_load_n(&ctx->heap[type].wcount, __ATOMIC_RELAXED);
-    }
-    if (!armed) {
+    if (!__atomic_load_n(&ctx->timers_armed, __ATOMIC_RELAXED)) {
         return 0; /* a timer armed concurrently runs next poll anyway */
     }
     pthread_mutex_lock(&ctx->lock);
@@ -610,6 +614,7 @@ int ql__timers_run(QLContext *ctx)
             }
             QLTimer *t = h->a[0].t;
             heap_remove(h, t);
+            armed_count(ctx, -1);
             __atomic_store_n(&t->expire, -1, __ATOMIC_RELAXED);
             pthread_mutex_unlock(&ctx->lock);
             t->cb(t->opaque); /* may free t */
@@ -628,12 +633,7 @@ int64_t ql__timers_timeout(QLContext *ctx, int64_t *virt_deadline)
 {
     int64_t best = -1;
     *virt_deadline = -1;
-    size_t armed = 0;
-    for (int type = 0; type < QL_CLOCK_MAX; type++) {
-        armed |= __atomic_load_n(&ctx->heap[type].n, __ATOMIC_RELAXED) |
-                 __atomic_load_n(&ctx->heap[type].wcount, __ATOMIC_RELAXED);
-    }
-    if (!armed) {
+    if (!__atomic_load_n(&ctx->timers_armed, __ATOMIC_RELAXED)) {
         /* Racing arms notify the context (new head), so the wait wakes. */
         return -1;
     }
@@ -670,6 +670,7 @@ int64_t ql__timers_timeout(QLContext *ctx, int64_t *virt_deadline)
 int ql__timers_init(QLContext *ctx)
 {
     ctx->timer_seq = 0;
+    ctx->timers_armed = 0;
     ctx->timer_all = NULL;
     ctx->vclock = 0;
     for (int i = 0; i < QL_CLOCK_MAX; i++) {
@@ -689,6 +690,7 @@ void ql__timers_cleanup(QLContext *ctx)
         __atomic_store_n(&t->ctx, NULL, __ATOMIC_RELAXED);
     }
     ctx->timer_all = NULL;
+    ctx->timers_armed = 0;
     for (int i = 0; i < QL_CLOCK_MAX; i++) {
         free(ctx->heap[i].a);
         free(ctx->heap[i].wheel);
