@@ -7,6 +7,7 @@
 #include <Python.h>
 
 #include "glue.h"
+#include "pycontext.h"
 #include "qloop/blocking.h"
 
 /* Diagnostics read by the test suite: how many blocking sections released the
@@ -19,6 +20,7 @@ static void *begin_blocking(void)
     if (!PyGILState_Check()) {
         return NULL; /* caller does not hold the GIL: nothing to release */
     }
+    qlpy_signals_before_sleep();
     PyThreadState *ts = PyEval_SaveThread();
     blocked_sections++;
     gil_state_while_blocked = PyGILState_Check();
