@@ -200,7 +200,11 @@ void ql__virtual_clock_jump(QLContext *ctx, int64_t to);
 /* ---- context.c ---------------------------------------------------------- */
 /* True if the calling thread is running ctx's callbacks right now (so a
  * wakeup is unnecessary: the next poll recomputes its timeout anyway). */
-bool ql__in_dispatch(QLContext *ctx);
+static inline bool ql__in_dispatch(QLContext *ctx)
+{
+    extern QL_TLS QLContext *ql__tl_dispatching; /* context.c */
+    return ql__tl_dispatching == ctx;
+}
 /* Context whose callbacks the calling thread is running, or NULL. */
 QLContext *ql__dispatching(void);
 /* Same as ql_context_new() with an explicit monitor ("epoll" or "poll"). */

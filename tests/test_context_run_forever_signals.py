@@ -46,7 +46,9 @@ def _c_raise_bh():
 
 
 def test_signal_interrupting_a_sleeping_run_forever(ctx, usr1):
-    threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+    # Sent once the loop runs, so that the handler runs inside run_forever().
+    ctx.schedule_oneshot(
+        lambda: threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1)).start())
     guard = ctx.timer(ctx.stop)
     guard.mod_in(30 * 10**9)
     with pytest.raises(Boom):
