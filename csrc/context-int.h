@@ -50,17 +50,18 @@ struct QLBH {
 /* ---- timers ------------------------------------------------------------- */
 
 struct QLTimer {
-    QLContext *ctx;            /* [lock] NULL once the context was freed */
-    QLClockType type;          /* [const] */
-    QLTimerFunc *cb;           /* [const] */
-    void *opaque;              /* [const] */
-    const char *name;          /* [const] */
-    int64_t expire;            /* [lock] for writes, [atomic] reads; -1: idle */
-    uint64_t seq;              /* [lock] arming order, breaks deadline ties */
+    /* What the run pass touches first, together (one cache line when the
+     * timer is 64-byte aligned; the wheel prefetches it). */
     size_t heap_index;         /* [lock] position in the heap, QL_TIMER_IN_WHEEL
                                 * or QL_TIMER_NOT_IN_HEAP */
-    struct QLTimer *wnext;     /* [lock] next in its wheel bucket */
-    struct QLTimer **wpprev;   /* [lock] the pointer that points at us */
+    int64_t expire;            /* [lock] for writes, [atomic] reads; -1: idle */
+    QLTimerFunc *cb;           /* [const] */
+    void *opaque;              /* [const] */
+    uint64_t seq;              /* [lock] arming order, breaks deadline ties */
+    QLContext *ctx;            /* [lock] NULL once the context was freed */
+    QLClockType type;          /* [const] */
+    uint32_t wnode;            /* [lock] its wheel node while in the wheel */
+    const char *name;          /* [const] */
     int scale;                 /* ns per unit for qemu-compat.h's timer_mod() */
     struct QLTimer *all_prev, *all_next; /* [lock] every timer of the ctx */
 };
@@ -80,12 +81,27 @@ typedef struct QLTimerSlot {
     QLTimer *t;
 } QLTimerSlot;
 
+/* A wheel entry: the timer's key and links, in a dense array (the bucket
+ * walk stays out of the timers themselves). */
+typedef struct QLWheelNode {
+    int64_t expire;
+    uint64_t seq;
+    QLTimer *t;
+    void *opaque;              /* t->opaque, prefetched with t (the callback's data) */
+    uint32_t prev, next;       /* node indices; QL_WHEEL_NONE ends / heads */
+} QLWheelNode;
+
+#define QL_WHEEL_NONE UINT32_MAX
+
 typedef struct QLTimerHeap {
     QLTimerSlot *a;            /* [lock] 4-ary min-heap on (expire, seq) */
     size_t n, cap;             /* n: [lock] writes, [atomic] reads */
     /* The wheel: unsorted buckets of timers whose tick (expire >> SHIFT) is
      * in (cursor, cursor + QL_WHEEL_SIZE).  Allocated on first use. */
-    QLTimer **wheel;           /* [lock] bucket heads, NULL before first use */
+    uint32_t *wheel;           /* [lock] bucket heads (node index or
+                                * QL_WHEEL_NONE), NULL before first use */
+    QLWheelNode *nodes;        /* [lock] cap entries (grown with the heap) */
+    uint32_t node_free;        /* [lock] free list through .next */
     size_t wcount;             /* [lock] writes, [atomic] reads: timers in it */
     int64_t cursor;            /* [lock] every armed timer with tick <= cursor
                                 * is in the heap */
