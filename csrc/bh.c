@@ -32,7 +32,7 @@
 #define QL_BH_FREE_MAX 1024
 
 /* Address of this is a cheap per-thread identity. */
-static __thread char tl_thread_id;
+static QL_TLS char tl_thread_id;
 
 void *ql__thread_id(void)
 {

@@ -50,19 +50,29 @@ struct QLBH {
 /* ---- timers ------------------------------------------------------------- */
 
 struct QLTimer {
-    QLContext *ctx;            /* [lock] NULL once the context was freed */
-    QLClockType type;          /* [const] */
+    /* What the run pass touches first, together (one cache line when the
+     * timer is 64-byte aligned; the wheel prefetches it). */
+    size_t heap_index;         /* [lock] position in the heap, QL_TIMER_IN_WHEEL
+                                * or QL_TIMER_NOT_IN_HEAP */
+    int64_t expire;            /* [lock] for writes, [atomic] reads; -1: idle */
     QLTimerFunc *cb;           /* [const] */
     void *opaque;              /* [const] */
-    const char *name;          /* [const] */
-    int64_t expire;            /* [lock] for writes, [atomic] reads; -1: idle */
     uint64_t seq;              /* [lock] arming order, breaks deadline ties */
-    size_t heap_index;         /* [lock] position in the heap, or QL_TIMER_NOT_IN_HEAP */
+    QLContext *ctx;            /* [lock] NULL once the context was freed */
+    QLClockType type;          /* [const] */
+    uint32_t wnode;            /* [lock] its wheel node while in the wheel */
+    const char *name;          /* [const] */
     int scale;                 /* ns per unit for qemu-compat.h's timer_mod() */
     struct QLTimer *all_prev, *all_next; /* [lock] every timer of the ctx */
 };
 
 #define QL_TIMER_NOT_IN_HEAP ((size_t)-1)
+#define QL_TIMER_IN_WHEEL ((size_t)-2)
+
+/* Timer wheel in front of the heap (see timer.c): QL_WHEEL_SIZE buckets of
+ * 2^QL_WHEEL_SHIFT ns (262 us; the wheel spans 268 ms). */
+#define QL_WHEEL_SHIFT 18
+#define QL_WHEEL_SIZE 1024
 
 /* A heap slot caches the key so that comparisons never touch the timer. */
 typedef struct QLTimerSlot {
@@ -71,9 +81,31 @@ typedef struct QLTimerSlot {
     QLTimer *t;
 } QLTimerSlot;
 
+/* A wheel entry: the timer's key and links, in a dense array (the bucket
+ * walk stays out of the timers themselves). */
+typedef struct QLWheelNode {
+    int64_t expire;
+    uint64_t seq;
+    QLTimer *t;
+    void *opaque;              /* t->opaque, prefetched with t (the callback's data) */
+    uint32_t prev, next;       /* node indices; QL_WHEEL_NONE ends / heads */
+} QLWheelNode;
+
+#define QL_WHEEL_NONE UINT32_MAX
+
 typedef struct QLTimerHeap {
     QLTimerSlot *a;            /* [lock] 4-ary min-heap on (expire, seq) */
-    size_t n, cap;
+    size_t n, cap;             /* n: [lock] writes, [atomic] reads */
+    /* The wheel: unsorted buckets of timers whose tick (expire >> SHIFT) is
+     * in (cursor, cursor + QL_WHEEL_SIZE).  Allocated on first use. */
+    uint32_t *wheel;           /* [lock] bucket heads (node index or
+                                * QL_WHEEL_NONE), NULL before first use */
+    QLWheelNode *nodes;        /* [lock] cap entries (grown with the heap) */
+    uint32_t node_free;        /* [lock] free list through .next */
+    size_t wcount;             /* [lock] writes, [atomic] reads: timers in it */
+    int64_t cursor;            /* [lock] every armed timer with tick <= cursor
+                                * is in the heap */
+    uint64_t wbits[QL_WHEEL_SIZE / 64]; /* [lock] non-empty buckets */
 } QLTimerHeap;
 
 /* ---- fd handlers -------------------------------------------------------- */
@@ -117,6 +149,8 @@ struct QLContext {
     pthread_mutex_t lock;      /* timers, heaps, BH registry */
     QLTimerHeap heap[QL_CLOCK_MAX];
     uint64_t timer_seq;        /* [lock] */
+    size_t timers_armed;       /* [lock] writes, [atomic] reads: armed timers,
+                                * every clock (a poll with none skips timers) */
     QLTimer *timer_all;        /* [lock] */
     int64_t vclock;            /* [atomic] virtual time in ns */
     bool autojump;             /* [atomic] */
@@ -137,6 +171,13 @@ struct QLContext {
     void *co_sched_head;       /* [atomic] LIFO of scheduled coroutines */
     QLBH *co_sched_bh;         /* [const] runs ql__co_sched_bh_cb */
 };
+
+/* Thread-local storage of the core.  initial-exec: a plain %fs-relative
+ * access instead of a __tls_get_addr() call per access when libqloop is
+ * linked into a shared object (the Python extension).  It takes a few bytes
+ * of the static TLS block that the C library reserves for dlopen()ed
+ * objects (the core uses under 32 bytes). */
+#define QL_TLS __thread __attribute__((tls_model("initial-exec")))
 
 /* A unique, cheap identity of the calling thread (bh.c). */
 void *ql__thread_id(void);
@@ -175,7 +216,11 @@ void ql__virtual_clock_jump(QLContext *ctx, int64_t to);
 /* ---- context.c ---------------------------------------------------------- */
 /* True if the calling thread is running ctx's callbacks right now (so a
  * wakeup is unnecessary: the next poll recomputes its timeout anyway). */
-bool ql__in_dispatch(QLContext *ctx);
+static inline bool ql__in_dispatch(QLContext *ctx)
+{
+    extern QL_TLS QLContext *ql__tl_dispatching; /* context.c */
+    return ql__tl_dispatching == ctx;
+}
 /* Context whose callbacks the calling thread is running, or NULL. */
 QLContext *ql__dispatching(void);
 /* Same as ql_context_new() with an explicit monitor ("epoll" or "poll"). */

@@ -40,8 +40,9 @@
 
 #define QL_POLL_BATCH 64
 
-static __thread QLContext *tl_current;     /* ql_context_current() */
-static __thread QLContext *tl_dispatching; /* callbacks of this ctx running */
+static QL_TLS QLContext *tl_current;     /* ql_context_current() */
+/* Callbacks of this ctx are running (ql__in_dispatch(), context-int.h). */
+QL_TLS QLContext *ql__tl_dispatching;
 
 QLContext *ql_context_current(void)
 {
@@ -53,14 +54,9 @@ void ql_context_set_current(QLContext *ctx)
     tl_current = ctx;
 }
 
-bool ql__in_dispatch(QLContext *ctx)
-{
-    return tl_dispatching == ctx;
-}
-
 QLContext *ql__dispatching(void)
 {
-    return tl_dispatching;
+    return ql__tl_dispatching;
 }
 
 int ql__timeout_ns_to_ms(int64_t ns)
@@ -409,12 +405,12 @@ static bool want_autojump(QLContext *ctx, int64_t real, int64_t vdeadline)
 
 static int context_poll(QLContext *ctx, bool blocking)
 {
-    QLContext *prev_current = tl_current, *prev_dispatching = tl_dispatching;
+    QLContext *prev_current = tl_current, *prev_dispatching = ql__tl_dispatching;
     QLFdEvent ev[QL_POLL_BATCH];
     int nev = 0, ret = 0;
 
     tl_current = ctx;
-    tl_dispatching = NULL; /* a wakeup from now on must reach the wait */
+    ql__tl_dispatching = NULL; /* a wakeup from now on must reach the wait */
     __atomic_store_n(&ctx->home_thread, ql__thread_id(), __ATOMIC_RELAXED);
     ctx->bad_fd = -1;
     ctx->fd_walking++;
@@ -462,7 +458,7 @@ static int context_poll(QLContext *ctx, bool blocking)
 
     /* 4. dispatch: bottom halves, fd handlers, timers */
     if (ret == 0) {
-        tl_dispatching = ctx;
+        ql__tl_dispatching = ctx;
         ctx->stop_dispatch = false;
         int progress = ql__bh_poll(ctx);
         if (!ctx->stop_dispatch) {
@@ -478,7 +474,7 @@ static int context_poll(QLContext *ctx, bool blocking)
     if (--ctx->fd_walking == 0) {
         free_deferred_handlers(ctx);
     }
-    tl_dispatching = prev_dispatching;
+    ql__tl_dispatching = prev_dispatching;
     tl_current = prev_current;
     return ret;
 }

@@ -31,7 +31,7 @@ static QLBH *child_bh;
 /* ---- iothread lock ------------------------------------------------------ */
 
 static pthread_mutex_t iothread_mutex = PTHREAD_MUTEX_INITIALIZER;
-static __thread bool tl_iothread_locked;
+static QL_TLS bool tl_iothread_locked;
 
 void ql_iothread_lock(void)
 {

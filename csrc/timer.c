@@ -1,12 +1,26 @@
 /*
  * Clocks and timers.
  *
- * Each context keeps one binary min-heap of armed timers per clock, ordered
- * by (deadline, arming sequence number): equal deadlines fire in arming
- * order.  A timer stores its heap position, so mod and del are O(log n) and
- * allocate nothing once the heap array has grown (it doubles).  ctx->lock
- * protects the heaps and every timer's expire/seq/heap_index, which makes
- * mod/del safe from any thread; callbacks run without the lock.
+ * Each context keeps, per clock, a min-heap of armed timers ordered by
+ * (deadline, arming sequence number): equal deadlines fire in arming order.
+ * In front of the heap sits a timer wheel: QL_WHEEL_SIZE unsorted buckets of
+ * 2^QL_WHEEL_SHIFT ns each.  A timer whose tick (deadline >> SHIFT) is in
+ * (cursor, cursor + QL_WHEEL_SIZE) is linked in the bucket of its tick (O(1)
+ * arm and del, nothing touched but the bucket head and one neighbour); any
+ * other timer goes to the heap.  The heap therefore holds every timer with a
+ * tick <= cursor, plus far ones.  Whoever needs the earliest deadline (the
+ * run pass, the timeout, a virtual clock move) first makes sure the heap
+ * holds it: if no heap timer has a tick <= cursor, the cursor advances to the
+ * first non-empty bucket and that bucket moves into the heap (wheel_settle).
+ * The heap stays small (a bucket or two of near timers), so its pops stay in
+ * cache, where a single heap of every armed timer missed the cache at each
+ * level.  Deadlines and order are exact: the wheel only defers sorting.
+ *
+ * A timer stores its position (heap index or wheel links), so mod and del
+ * are O(log n) and allocate nothing once the heap array has grown: the heap
+ * is kept large enough for every armed timer, so moving a bucket into it
+ * never allocates.  ctx->lock protects all of it, which makes mod/del safe
+ * from any thread; callbacks run without the lock.
  *
  * Run pass (ql__timers_run): the clock is read once per clock, and the pass
  * runs, in deadline order, the timers that are due at that instant and were
@@ -121,22 +135,56 @@ static void heap_fix(QLTimerHeap *h, size_t i)
     }
 }
 
-static int heap_insert(QLTimerHeap *h, QLTimer *t)
+/* Make room in the heap for every armed timer plus one more (so that moving
+ * wheel buckets into it never allocates). */
+static int heap_reserve(QLTimerHeap *h)
 {
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 16;
+    size_t need = h->n + h->wcount + 1;
+    if (need > h->cap) {
+        size_t cap = h->cap ? h->cap : 16;
+        while (cap < need) {
+            cap *= 2;
+        }
+        if (cap > QL_WHEEL_NONE) {
+            return -ENOMEM;
+        }
         QLTimerSlot *a = realloc(h->a, cap * sizeof *a);
         if (!a) {
             return -ENOMEM;
         }
         h->a = a;
+        QLWheelNode *nodes = realloc(h->nodes, cap * sizeof *nodes);
+        if (!nodes) {
+            return -ENOMEM; /* h->a grew, cap did not: harmless */
+        }
+        h->nodes = nodes;
+        /* The new nodes [old cap, cap) go in front of the free list. */
+        for (size_t i = h->cap; i + 1 < cap; i++) {
+            nodes[i].next = (uint32_t)(i + 1);
+        }
+        nodes[cap - 1].next = h->cap ? h->node_free : QL_WHEEL_NONE;
+        h->node_free = (uint32_t)h->cap;
+        if (!h->wheel) {
+            /* First arm on this clock: the wheel comes with the heap (so that
+             * both are allocated during warm-up).  Without it (no memory)
+             * every timer goes to the heap, which is just slower. */
+            h->wheel = malloc(QL_WHEEL_SIZE * sizeof *h->wheel);
+            for (size_t b = 0; h->wheel && b < QL_WHEEL_SIZE; b++) {
+                h->wheel[b] = QL_WHEEL_NONE;
+            }
+        }
         h->cap = cap;
     }
+    return 0;
+}
+
+/* Insert t (room reserved). */
+static void heap_insert(QLTimerHeap *h, QLTimer *t)
+{
     size_t i = h->n;
     __atomic_store_n(&h->n, i + 1, __ATOMIC_RELAXED);
     heap_place(h, i, (QLTimerSlot){t->expire, t->seq, t});
     heap_sift_up(h, i);
-    return 0;
 }
 
 static void heap_remove(QLTimerHeap *h, QLTimer *t)
@@ -151,20 +199,187 @@ static void heap_remove(QLTimerHeap *h, QLTimer *t)
     }
 }
 
+
+/* ---- wheel ---------------------------------------------------------------- */
+
+static inline int64_t tick_of(int64_t expire)
+{
+    return expire >> QL_WHEEL_SHIFT;
+}
+
+static void wheel_link(QLTimerHeap *h, QLTimer *t, int64_t tick)
+{
+    size_t b = (size_t)tick & (QL_WHEEL_SIZE - 1);
+    uint32_t i = h->node_free; /* never empty: nodes are reserved with the heap */
+    QLWheelNode *nd = &h->nodes[i];
+    h->node_free = nd->next;
+    uint32_t head = h->wheel[b];
+    *nd = (QLWheelNode){t->expire, t->seq, t, t->opaque, QL_WHEEL_NONE, head};
+    if (head != QL_WHEEL_NONE) {
+        h->nodes[head].prev = i;
+    }
+    h->wheel[b] = i;
+    h->wbits[b / 64] |= 1ull << (b % 64);
+    t->wnode = i;
+    t->heap_index = QL_TIMER_IN_WHEEL;
+    __atomic_store_n(&h->wcount, h->wcount + 1, __ATOMIC_RELAXED);
+}
+
+static void wheel_unlink(QLTimerHeap *h, QLTimer *t)
+{
+    uint32_t i = t->wnode;
+    QLWheelNode *nd = &h->nodes[i];
+    if (nd->prev == QL_WHEEL_NONE) {
+        size_t b = (size_t)tick_of(nd->expire) & (QL_WHEEL_SIZE - 1);
+        h->wheel[b] = nd->next;
+        if (nd->next == QL_WHEEL_NONE) {
+            h->wbits[b / 64] &= ~(1ull << (b % 64)); /* the bucket is empty now */
+        }
+    } else {
+        h->nodes[nd->prev].next = nd->next;
+    }
+    if (nd->next != QL_WHEEL_NONE) {
+        h->nodes[nd->next].prev = nd->prev;
+    }
+    nd->next = h->node_free;
+    h->node_free = i;
+    t->heap_index = QL_TIMER_NOT_IN_HEAP;
+    __atomic_store_n(&h->wcount, h->wcount - 1, __ATOMIC_RELAXED);
+}
+
+/* Buckets to go from the cursor's bucket to the first non-empty one after
+ * it (1 .. QL_WHEEL_SIZE - 1), or 0 if the wheel is empty. */
+static size_t wheel_next_offset(const QLTimerHeap *h)
+{
+    size_t start = ((size_t)h->cursor + 1) & (QL_WHEEL_SIZE - 1);
+    size_t b = start;
+    for (size_t scanned = 0; scanned < QL_WHEEL_SIZE + 64; ) {
+        size_t w = b / 64;
+        uint64_t bits = h->wbits[w] >> (b % 64);
+        if (bits) {
+            size_t found = b + (size_t)__builtin_ctzll(bits);
+            return ((found - (size_t)h->cursor) & (QL_WHEEL_SIZE - 1));
+        }
+        scanned += 64 - b % 64;
+        b = (w + 1) * 64 % QL_WHEEL_SIZE;
+    }
+    return 0;
+}
+
+/* Make the heap hold the earliest armed timer: unless a heap timer is at or
+ * before the cursor, move the cursor to the first non-empty bucket and that
+ * bucket into the heap.  [lock] */
+static void wheel_settle(QLTimerHeap *h)
+{
+    if (!h->wcount || (h->n && tick_of(h->a[0].expire) <= h->cursor)) {
+        return;
+    }
+    size_t off = wheel_next_offset(h);
+    h->cursor += (int64_t)off;
+    size_t b = (size_t)h->cursor & (QL_WHEEL_SIZE - 1);
+    uint32_t i = h->wheel[b];
+    h->wheel[b] = QL_WHEEL_NONE;
+    h->wbits[b / 64] &= ~(1ull << (b % 64));
+    size_t moved = 0;
+    /* The walk reads only nodes; each timer gets one store (its heap index,
+     * in heap_place), which does not hold the walk up. */
+    while (i != QL_WHEEL_NONE) {
+        QLWheelNode *nd = &h->nodes[i];
+        uint32_t next = nd->next;
+        /* The run pass reads the timer and its callback's data soon: fetch
+         * them for the whole bucket at once rather than one miss at a time
+         * (the data's line and the 16 bytes before it: object headers such
+         * as CPython's GC header).  Prefetches never fault. */
+        __builtin_prefetch(nd->t);
+        __builtin_prefetch(nd->opaque);
+        __builtin_prefetch((char *)nd->opaque - 16);
+        size_t j = h->n;
+        __atomic_store_n(&h->n, j + 1, __ATOMIC_RELAXED);
+        heap_place(h, j, (QLTimerSlot){nd->expire, nd->seq, nd->t}); /* room reserved */
+        heap_sift_up(h, j);
+        nd->next = h->node_free;
+        h->node_free = i;
+        moved++;
+        i = next;
+    }
+    __atomic_store_n(&h->wcount, h->wcount - moved, __ATOMIC_RELAXED);
+}
+
+/* Is t, just linked in the wheel, possibly the earliest armed timer?  (May
+ * say yes when it is not; never no when it is.) */
+static bool wheel_maybe_head(const QLTimerHeap *h, const QLTimer *t)
+{
+    if (h->n && (tick_of(h->a[0].expire) <= h->cursor || h->a[0].expire <= t->expire)) {
+        return false;
+    }
+    /* No earlier non-empty bucket? */
+    size_t mine = ((size_t)tick_of(t->expire) - (size_t)h->cursor) & (QL_WHEEL_SIZE - 1);
+    return wheel_next_offset(h) == mine;
+}
+
+/* Arm t (not armed) at t->expire; now: the clock or -1 if not read.  [lock] */
+static int timer_insert(QLContext *ctx, QLTimerHeap *h, QLTimer *t, int64_t now)
+{
+    int r = heap_reserve(h);
+    if (r < 0) {
+        return r;
+    }
+    int64_t tick = tick_of(t->expire);
+    if (!h->wcount) {
+        /* Empty wheel: any cursor is valid.  Put it at the present so that
+         * the timers armed from now on spread over the wheel. */
+        if (now < 0) {
+            now = clock_now(ctx, t->type);
+        }
+        h->cursor = tick_of(now < 0 ? 0 : now);
+        if (!h->n) {
+            heap_insert(h, t); /* the only armed timer: straight to the heap */
+            return 0;
+        }
+    }
+    if (tick > h->cursor && tick - h->cursor < QL_WHEEL_SIZE && h->wheel) {
+        wheel_link(h, t, tick);
+    } else {
+        heap_insert(h, t);
+    }
+    return 0;
+}
+
+static inline void armed_count(QLContext *ctx, int delta)
+{
+    __atomic_store_n(&ctx->timers_armed, ctx->timers_armed + (size_t)delta, __ATOMIC_RELAXED);
+}
+
+/* Disarm t (armed).  [lock] */
+static void timer_remove(QLContext *ctx, QLTimerHeap *h, QLTimer *t)
+{
+    __atomic_store_n(&ctx->timers_armed, ctx->timers_armed - 1, __ATOMIC_RELAXED);
+    if (t->heap_index == QL_TIMER_IN_WHEEL) {
+        wheel_unlink(h, t);
+    } else {
+        heap_remove(h, t);
+    }
+}
+
+static inline bool timer_armed(const QLTimer *t)
+{
+    return t->heap_index != QL_TIMER_NOT_IN_HEAP;
+}
+
 /* ---- timers --------------------------------------------------------------- */
 
-QLTimer *ql_timer_new(QLContext *ctx, QLClockType type, QLTimerFunc *cb, void *opaque,
-                      const char *name)
+size_t ql_timer_sizeof(void)
 {
-    if (!ctx || !cb || (unsigned)type >= QL_CLOCK_MAX) {
-        errno = EINVAL;
-        return NULL;
+    return sizeof(QLTimer);
+}
+
+int ql_timer_init(QLTimer *t, QLContext *ctx, QLClockType type, QLTimerFunc *cb,
+                  void *opaque, const char *name)
+{
+    if (!t || !ctx || !cb || (unsigned)type >= QL_CLOCK_MAX) {
+        return -EINVAL;
     }
-    QLTimer *t = calloc(1, sizeof *t);
-    if (!t) {
-        errno = ENOMEM;
-        return NULL;
-    }
+    *t = (QLTimer){0};
     t->ctx = ctx;
     t->type = type;
     t->cb = cb;
@@ -180,11 +395,28 @@ QLTimer *ql_timer_new(QLContext *ctx, QLClockType type, QLTimerFunc *cb, void *o
     }
     ctx->timer_all = t;
     pthread_mutex_unlock(&ctx->lock);
+    return 0;
+}
+
+QLTimer *ql_timer_new(QLContext *ctx, QLClockType type, QLTimerFunc *cb, void *opaque,
+                      const char *name)
+{
+    if (!ctx || !cb || (unsigned)type >= QL_CLOCK_MAX) {
+        errno = EINVAL;
+        return NULL;
+    }
+    QLTimer *t = malloc(sizeof *t);
+    if (!t) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    ql_timer_init(t, ctx, type, cb, opaque, name);
     return t;
 }
 
-/* Arm t at expire (anticipate: only if idle or earlier). */
-static int timer_arm(QLTimer *t, int64_t expire, bool anticipate)
+/* Arm t at expire (anticipate: only if idle or earlier).  now: the clock's
+ * current value if the caller read it, else -1. */
+static int timer_arm(QLTimer *t, int64_t expire, bool anticipate, int64_t now)
 {
     QLContext *ctx = __atomic_load_n(&t->ctx, __ATOMIC_RELAXED);
     if (!ctx) {
@@ -195,28 +427,44 @@ static int timer_arm(QLTimer *t, int64_t expire, bool anticipate)
         expire = 0;
     }
     QLTimerHeap *h = &ctx->heap[t->type];
+    bool new_head;
     pthread_mutex_lock(&ctx->lock);
-    if (t->heap_index != QL_TIMER_NOT_IN_HEAP) {
+    if (t->heap_index < QL_TIMER_IN_WHEEL) {
         if (anticipate && t->expire <= expire) {
             pthread_mutex_unlock(&ctx->lock);
             return 0;
         }
+        /* In the heap: stay there (the heap may hold any timer). */
         __atomic_store_n(&t->expire, expire, __ATOMIC_RELAXED);
         t->seq = ctx->timer_seq++;
         h->a[t->heap_index].expire = expire;
         h->a[t->heap_index].seq = t->seq;
         heap_fix(h, t->heap_index);
+        new_head = t->heap_index == 0;
     } else {
+        if (t->heap_index == QL_TIMER_IN_WHEEL) {
+            if (anticipate && t->expire <= expire) {
+                pthread_mutex_unlock(&ctx->lock);
+                return 0;
+            }
+            wheel_unlink(h, t); /* still counted as armed */
+        } else {
+            armed_count(ctx, 1);
+        }
         __atomic_store_n(&t->expire, expire, __ATOMIC_RELAXED);
         t->seq = ctx->timer_seq++;
-        int r = heap_insert(h, t);
+        int r = timer_insert(ctx, h, t, now);
         if (r < 0) {
+            /* Only a timer that was not armed gets here: the heap has room
+             * for every armed timer, so a re-arm from the wheel fits. */
+            armed_count(ctx, -1);
             __atomic_store_n(&t->expire, -1, __ATOMIC_RELAXED);
             pthread_mutex_unlock(&ctx->lock);
             return r;
         }
+        new_head = t->heap_index == QL_TIMER_IN_WHEEL ? wheel_maybe_head(h, t)
+                                                      : t->heap_index == 0;
     }
-    bool new_head = t->heap_index == 0;
     pthread_mutex_unlock(&ctx->lock);
     if (new_head && !ql__in_dispatch(ctx)) {
         ql_context_notify(ctx);
@@ -226,23 +474,23 @@ static int timer_arm(QLTimer *t, int64_t expire, bool anticipate)
 
 int ql_timer_mod(QLTimer *t, int64_t expire_ns)
 {
-    return timer_arm(t, expire_ns, false);
+    return timer_arm(t, expire_ns, false, -1);
 }
 
 int ql_timer_mod_anticipate(QLTimer *t, int64_t expire_ns)
 {
-    return timer_arm(t, expire_ns, true);
+    return timer_arm(t, expire_ns, true, -1);
 }
 
 int ql_timer_mod_in(QLTimer *t, int64_t delay_ns)
 {
     QLContext *ctx = __atomic_load_n(&t->ctx, __ATOMIC_RELAXED);
     if (!ctx) {
-        return timer_arm(t, 0, false); /* reports the misuse */
+        return timer_arm(t, 0, false, -1); /* reports the misuse */
     }
     int64_t now = clock_now(ctx, t->type);
     int64_t expire = delay_ns > INT64_MAX - now ? INT64_MAX : now + (delay_ns < 0 ? 0 : delay_ns);
-    return timer_arm(t, expire, false);
+    return timer_arm(t, expire, false, now);
 }
 
 void ql_timer_del(QLTimer *t)
@@ -252,14 +500,14 @@ void ql_timer_del(QLTimer *t)
         return;
     }
     pthread_mutex_lock(&ctx->lock);
-    if (t->heap_index != QL_TIMER_NOT_IN_HEAP) {
-        heap_remove(&ctx->heap[t->type], t);
+    if (timer_armed(t)) {
+        timer_remove(ctx, &ctx->heap[t->type], t);
     }
     __atomic_store_n(&t->expire, -1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&ctx->lock);
 }
 
-void ql_timer_free(QLTimer *t)
+void ql_timer_deinit(QLTimer *t)
 {
     if (!t) {
         return;
@@ -267,8 +515,8 @@ void ql_timer_free(QLTimer *t)
     QLContext *ctx = __atomic_load_n(&t->ctx, __ATOMIC_RELAXED);
     if (ctx) {
         pthread_mutex_lock(&ctx->lock);
-        if (t->heap_index != QL_TIMER_NOT_IN_HEAP) {
-            heap_remove(&ctx->heap[t->type], t);
+        if (timer_armed(t)) {
+            timer_remove(ctx, &ctx->heap[t->type], t);
         }
         if (t->all_prev) {
             t->all_prev->all_next = t->all_next;
@@ -280,6 +528,13 @@ void ql_timer_free(QLTimer *t)
         }
         pthread_mutex_unlock(&ctx->lock);
     }
+    t->ctx = NULL;
+    t->expire = -1;
+}
+
+void ql_timer_free(QLTimer *t)
+{
+    ql_timer_deinit(t);
     free(t);
 }
 
@@ -315,6 +570,7 @@ static void vclock_moved(QLContext *ctx, int64_t now)
 {
     QLTimerHeap *h = &ctx->heap[QL_CLOCK_VIRTUAL];
     pthread_mutex_lock(&ctx->lock);
+    wheel_settle(h);
     bool due = h->n > 0 && h->a[0].expire <= now;
     pthread_mutex_unlock(&ctx->lock);
     if (due && !ql__in_dispatch(ctx)) {
@@ -373,11 +629,7 @@ void ql__virtual_clock_jump(QLContext *ctx, int64_t to)
 int ql__timers_run(QLContext *ctx)
 {
     int progress = 0;
-    size_t armed = 0;
-    for (int type = 0; type < QL_CLOCK_MAX; type++) {
-        armed |= __atomic_load_n(&ctx->heap[type].n, __ATOMIC_RELAXED);
-    }
-    if (!armed) {
+    if (!__atomic_load_n(&ctx->timers_armed, __ATOMIC_RELAXED)) {
         return 0; /* a timer armed concurrently runs next poll anyway */
     }
     pthread_mutex_lock(&ctx->lock);
@@ -385,17 +637,23 @@ int ql__timers_run(QLContext *ctx)
     pthread_mutex_unlock(&ctx->lock);
     for (int type = 0; type < QL_CLOCK_MAX; type++) {
         QLTimerHeap *h = &ctx->heap[type];
-        if (__atomic_load_n(&h->n, __ATOMIC_RELAXED) == 0) {
+        if ((__atomic_load_n(&h->n, __ATOMIC_RELAXED) |
+             __atomic_load_n(&h->wcount, __ATOMIC_RELAXED)) == 0) {
             continue;
         }
         int64_t now = clock_now(ctx, (QLClockType)type); /* once per pass */
         pthread_mutex_lock(&ctx->lock);
-        while (h->n > 0) {
+        for (;;) {
+            wheel_settle(h);
+            if (h->n == 0) {
+                break;
+            }
             if (h->a[0].expire > now || h->a[0].seq >= limit) {
                 break;
             }
             QLTimer *t = h->a[0].t;
             heap_remove(h, t);
+            armed_count(ctx, -1);
             __atomic_store_n(&t->expire, -1, __ATOMIC_RELAXED);
             pthread_mutex_unlock(&ctx->lock);
             t->cb(t->opaque); /* may free t */
@@ -414,17 +672,14 @@ int64_t ql__timers_timeout(QLContext *ctx, int64_t *virt_deadline)
 {
     int64_t best = -1;
     *virt_deadline = -1;
-    size_t armed = 0;
-    for (int type = 0; type < QL_CLOCK_MAX; type++) {
-        armed |= __atomic_load_n(&ctx->heap[type].n, __ATOMIC_RELAXED);
-    }
-    if (!armed) {
+    if (!__atomic_load_n(&ctx->timers_armed, __ATOMIC_RELAXED)) {
         /* Racing arms notify the context (new head), so the wait wakes. */
         return -1;
     }
     pthread_mutex_lock(&ctx->lock);
     for (int type = 0; type < QL_CLOCK_MAX; type++) {
         QLTimerHeap *h = &ctx->heap[type];
+        wheel_settle(h);
         if (h->n == 0) {
             continue;
         }
@@ -454,6 +709,7 @@ int64_t ql__timers_timeout(QLContext *ctx, int64_t *virt_deadline)
 int ql__timers_init(QLContext *ctx)
 {
     ctx->timer_seq = 0;
+    ctx->timers_armed = 0;
     ctx->timer_all = NULL;
     ctx->vclock = 0;
     for (int i = 0; i < QL_CLOCK_MAX; i++) {
@@ -471,8 +727,11 @@ void ql__timers_cleanup(QLContext *ctx)
         __atomic_store_n(&t->ctx, NULL, __ATOMIC_RELAXED);
     }
     ctx->timer_all = NULL;
+    ctx->timers_armed = 0;
     for (int i = 0; i < QL_CLOCK_MAX; i++) {
         free(ctx->heap[i].a);
+        free(ctx->heap[i].wheel);
+        free(ctx->heap[i].nodes);
         ctx->heap[i] = (QLTimerHeap){0};
     }
     pthread_mutex_unlock(&ctx->lock);

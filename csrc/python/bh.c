@@ -337,8 +337,11 @@ PyObject *qlpy_context_schedule_oneshot(ContextObject *self, PyObject *const *ar
                                         Py_ssize_t nargs)
 {
     PyObject *cb, *tuple;
-    if (qlpy_context_check_open(self) < 0 ||
-        parse_cb(args, nargs, "schedule_oneshot", &cb, &tuple) < 0) {
+    if (nargs == 1 && self->ctx && Py_TYPE(args[0])->tp_call) {
+        cb = args[0]; /* the common case, checked inline: cb alone */
+        tuple = NULL;
+    } else if (qlpy_context_check_open(self) < 0 ||
+               parse_cb(args, nargs, "schedule_oneshot", &cb, &tuple) < 0) {
         return NULL;
     }
     OneshotNode *n = self->oneshot_free;

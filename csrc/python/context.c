@@ -231,6 +231,7 @@ int qlpy_enter_dispatch(ContextObject *self, DispatchFrame *f)
     f->prev = qlpy_top_frame;
     f->ctx = self;
     f->exc = NULL;
+    f->signals_before_sleep = 0;
     qlpy_top_frame = f;
     self->dispatch_depth++;
     self->poll_thread = me;
@@ -328,13 +329,22 @@ static PyObject *context_run_forever(ContextObject *self, PyObject *unused)
     self->running_forever++;
     int r = 0;
     /* One C loop of blocking polls: no Python frame per iteration.  A callback
-     * exception (f.exc) or a signal handler's exception ends it. */
+     * exception (f.exc) or a signal handler's exception ends it.
+     *
+     * Signal handlers run (PyErr_CheckSignals) where a signal could otherwise
+     * wait: before each poll sleeps (the blocking hook calls
+     * qlpy_signals_before_sleep), after a poll a signal interrupted, and every
+     * 64 polls for a loop that never sleeps and runs no Python code (Python
+     * callbacks run handlers themselves).  Not after every poll: that cost
+     * 50 instructions per iteration. */
+    f.signals_before_sleep = 1;
+    unsigned iter = 0;
     while (!self->stop_requested && !f.exc && self->ctx) {
         r = ql_context_poll(self->ctx, true);
         if (r < 0 && r != -EINTR) {
             break;
         }
-        if (PyErr_CheckSignals() < 0) {
+        if ((r == -EINTR || (++iter & 63) == 0) && PyErr_CheckSignals() < 0) {
             break;
         }
     }
@@ -346,6 +356,21 @@ static PyObject *context_run_forever(ContextObject *self, PyObject *unused)
     }
     Py_DECREF(res);
     Py_RETURN_NONE;
+}
+
+void qlpy_signals_before_sleep(void)
+{
+    DispatchFrame *f = qlpy_top_frame;
+    if (!f || !f->signals_before_sleep || f->exc || !f->ctx->ctx ||
+        ql_context_current() != f->ctx->ctx) {
+        return;
+    }
+    if (PyErr_CheckSignals() < 0) {
+        qlpy_callback_failed(f->ctx); /* stored in f: run_forever raises it */
+        if (f->ctx->ctx) {
+            ql_context_notify(f->ctx->ctx); /* do not sleep */
+        }
+    }
 }
 
 static PyObject *context_stop(ContextObject *self, PyObject *unused)

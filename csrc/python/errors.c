@@ -11,7 +11,7 @@ PyObject *qlpy_raise_errno(int neg_errno)
 }
 
 /* The innermost running dispatch of this thread (see DispatchFrame). */
-_Thread_local DispatchFrame *qlpy_top_frame;
+_Thread_local DispatchFrame *qlpy_top_frame QLPY_TLS_MODEL;
 
 /* Take the raised exception as one object (traceback attached). */
 PyObject *qlpy_fetch_exception(void)
@@ -100,9 +100,18 @@ void qlpy_call_callback(ContextObject *ctx, PyObject *cb, PyObject *args)
     PyObject *r;
     Py_INCREF(cb); /* the callback may drop the last other reference to itself */
     Py_XINCREF(args);
+    vectorcallfunc vc = PyVectorcall_Function(cb);
     if (args) {
         r = PyObject_Vectorcall(cb, &PyTuple_GET_ITEM(args, 0),
                                 (size_t)PyTuple_GET_SIZE(args), NULL);
+    } else if (vc) {
+        /* Straight to the callable's vectorcall (what PyObject_CallNoArgs
+         * ends up calling, minus two levels of calls). */
+        r = vc(cb, NULL, 0, NULL);
+        if (!r && !PyErr_Occurred()) {
+            PyErr_Format(PyExc_SystemError, "%R returned NULL without setting an exception",
+                         cb);
+        }
     } else {
         r = PyObject_CallNoArgs(cb);
     }

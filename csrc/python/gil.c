@@ -7,18 +7,20 @@
 #include <Python.h>
 
 #include "glue.h"
+#include "pycontext.h"
 #include "qloop/blocking.h"
 
 /* Diagnostics read by the test suite: how many blocking sections released the
  * GIL in this thread, and what PyGILState_Check() said inside the last one. */
-static _Thread_local long blocked_sections;
-static _Thread_local int gil_state_while_blocked = -1;
+static _Thread_local long blocked_sections __attribute__((tls_model("initial-exec")));
+static _Thread_local int gil_state_while_blocked __attribute__((tls_model("initial-exec"))) = -1;
 
 static void *begin_blocking(void)
 {
     if (!PyGILState_Check()) {
         return NULL; /* caller does not hold the GIL: nothing to release */
     }
+    qlpy_signals_before_sleep();
     PyThreadState *ts = PyEval_SaveThread();
     blocked_sections++;
     gil_state_while_blocked = PyGILState_Check();

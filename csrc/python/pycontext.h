@@ -42,6 +42,9 @@ typedef struct DispatchFrame {
     struct DispatchFrame *prev;
     ContextObject *ctx;
     PyObject *exc;           /* first exception raised by a callback */
+    int signals_before_sleep; /* run_forever: signal handlers run in the
+                               * blocking hook, before the poll sleeps (see
+                               * qlpy_signals_before_sleep) */
 } DispatchFrame;
 
 extern PyTypeObject QLPy_ContextType;
@@ -57,7 +60,9 @@ void qlpy_callback_failed(ContextObject *ctx);
 void qlpy_call_callback(ContextObject *ctx, PyObject *cb, PyObject *args);
 
 /* The innermost running dispatch of this thread. */
-extern _Thread_local DispatchFrame *qlpy_top_frame;
+/* initial-exec TLS: no __tls_get_addr() call per access (see context-int.h). */
+#define QLPY_TLS_MODEL __attribute__((tls_model("initial-exec")))
+extern _Thread_local DispatchFrame *qlpy_top_frame QLPY_TLS_MODEL;
 
 /* Take the raised exception as one object (traceback attached), or NULL. */
 PyObject *qlpy_fetch_exception(void);
@@ -73,6 +78,12 @@ int qlpy_enter_dispatch(ContextObject *self, DispatchFrame *f);
 PyObject *qlpy_leave_dispatch(ContextObject *self, DispatchFrame *f, int ret);
 
 int qlpy_mainloop_register(PyObject *module);
+
+/* Called by the blocking hook with the GIL held, before a wait: if the
+ * innermost dispatch is a run_forever() whose context is the one about to
+ * sleep, run pending signal handlers now; an exception they raise ends that
+ * run_forever() (the context is notified so the wait returns at once). */
+void qlpy_signals_before_sleep(void);
 
 /* -errno -> OSError (returns NULL); the same conversion as qloop._errors. */
 PyObject *qlpy_raise_errno(int neg_errno);

@@ -4,11 +4,21 @@
  * While armed, the timer list holds a reference to the object (taken by
  * mod()/mod_in() when the timer was not armed, dropped when it fires or is
  * cancelled), so an armed timer fires even if the program dropped it.
+ *
+ * The QLTimer lives in the same allocation, after the TimerObject fields
+ * (ql_timer_init; tp_basicsize is set at registration).
+ *
+ * The cyclic GC does not track an armed timer: the reference held for the
+ * armed state is one the collector cannot see, so nothing reachable from an
+ * armed timer could be collected anyway, and 200k armed timers would
+ * otherwise be walked by every full collection.  It is tracked again as
+ * soon as it is disarmed (fired, cancelled, context closed).
  */
 #include "pycontext.h"
 
 #include <errno.h>
 #include <stddef.h>
+#include <stdalign.h>
 
 int qlpy_parse_clock(PyObject *obj, QLClockType *out);
 int qlpy_parse_ns(PyObject *obj, const char *argname, int64_t *out);
@@ -25,12 +35,32 @@ struct TimerObject {
     PyObject *weakreflist;
 };
 
+/* Offset of the embedded QLTimer (aligned for any type). */
+#define TIMER_STORAGE_OFFSET \
+    ((sizeof(TimerObject) + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1))
+
+static inline QLTimer *timer_storage(TimerObject *self)
+{
+    return (QLTimer *)((char *)self + TIMER_STORAGE_OFFSET);
+}
+
+/* The armed reference is gone: the collector may look at us again. */
+static inline void drop_armed_state(TimerObject *self)
+{
+    self->armed_ref = 0;
+    if (!PyObject_GC_IsTracked((PyObject *)self)) {
+        PyObject_GC_Track(self);
+    }
+}
+
 static void timer_fire(void *opaque)
 {
     TimerObject *self = opaque;
     /* The core disarmed the timer before calling us. */
     int had_ref = self->armed_ref;
-    self->armed_ref = 0;
+    if (had_ref) {
+        drop_armed_state(self);
+    }
     Py_INCREF(self); /* the callback may drop the last other reference */
     qlpy_call_callback(self->ctx, self->cb, self->args);
     if (had_ref) {
@@ -60,9 +90,9 @@ static void timer_release(TimerObject *self)
     QLTimer *t = self->t;
     self->t = NULL;
     timer_unlink(self);
-    ql_timer_free(t);
+    ql_timer_deinit(t);
     if (self->armed_ref) {
-        self->armed_ref = 0;
+        drop_armed_state(self);
         Py_DECREF(self);
     }
 }
@@ -115,12 +145,12 @@ PyObject *qlpy_context_timer(ContextObject *ctx, PyObject *const *args, Py_ssize
             PyTuple_SET_ITEM(self->args, i - 1, Py_NewRef(args[i]));
         }
     }
-    self->t = ql_timer_new(ctx->ctx, clock, timer_fire, self, "python");
-    if (!self->t) {
-        int e = errno;
+    int r = ql_timer_init(timer_storage(self), ctx->ctx, clock, timer_fire, self, "python");
+    if (r < 0) {
         Py_DECREF(self);
-        return qlpy_raise_errno(-e);
+        return qlpy_raise_errno(r);
     }
+    self->t = timer_storage(self);
     self->next = ctx->timers;
     if (ctx->timers) {
         ctx->timers->prev = self;
@@ -144,6 +174,7 @@ static void take_armed_ref(TimerObject *self)
     if (!self->armed_ref) {
         self->armed_ref = 1;
         Py_INCREF(self);
+        PyObject_GC_UnTrack(self); /* see the top of the file */
     }
 }
 
@@ -188,7 +219,7 @@ static PyObject *timer_cancel(TimerObject *self, PyObject *unused)
     }
     ql_timer_del(self->t);
     if (self->armed_ref) {
-        self->armed_ref = 0;
+        drop_armed_state(self);
         Py_DECREF(self);
     }
     Py_RETURN_NONE;
@@ -302,6 +333,7 @@ PyTypeObject QLPy_TimerType = {
 
 int qlpy_timer_register(PyObject *m)
 {
+    QLPy_TimerType.tp_basicsize = (Py_ssize_t)(TIMER_STORAGE_OFFSET + ql_timer_sizeof());
     if (PyType_Ready(&QLPy_TimerType) < 0) {
         return -1;
     }

@@ -17,6 +17,7 @@
 #define QLOOP_CONTEXT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "qloop/notifier.h"
@@ -195,6 +196,21 @@ bool ql_timer_pending(QLTimer *t);
 /* Deadline in ns, or -1 when not pending. */
 int64_t ql_timer_expire_time(QLTimer *t);
 QLClockType ql_timer_clock(const QLTimer *t);
+
+/* Embedding a timer in a larger object (one allocation instead of two):
+ * ql_timer_sizeof() bytes of storage aligned for any type (max_align_t),
+ * initialized by ql_timer_init() and detached by ql_timer_deinit(); in
+ * between it is used like a timer from ql_timer_new(), except that
+ * ql_timer_free() must not be called on it. */
+size_t ql_timer_sizeof(void);
+/* Make `storage` a timer (not armed) on clock `type` of ctx.  Returns 0 or
+ * -EINVAL (NULL ctx or cb, bad clock).  Any thread. */
+int ql_timer_init(QLTimer *storage, QLContext *ctx, QLClockType type, QLTimerFunc *cb,
+                  void *opaque, const char *name);
+/* Disarm and detach a timer made by ql_timer_init(); the storage is the
+ * caller's again.  Allowed from the timer's own callback (which must then
+ * not touch the storage after freeing it).  Any thread. */
+void ql_timer_deinit(QLTimer *t);
 
 /* ---- fd handlers ------------------------------------------------------ */
 
