@@ -91,7 +91,7 @@ static void bh_push(QLContext *ctx, QLBH *bh)
     do {
         bh->next = head;
     } while (!__atomic_compare_exchange_n(&ctx->bh_list, &head, bh, true,
-                                          __ATOMIC_RELEASE, __ATOMIC_RELAXED));
+                                          __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
 }
 
 /* Set flags, link if needed, wake the context.  Returns 1 if linked. */
@@ -107,8 +107,13 @@ static int bh_enqueue(QLBH *bh, unsigned set)
     /* Whoever set SCHEDULED first notifies after its push; a repeated
      * schedule of a scheduled (non-idle) BH needs no second wakeup.  The
      * running dispatch needs none either: its next poll looks at the list
-     * before it sleeps. */
-    if ((!(old & QL_BH_SCHEDULED) || (old & QL_BH_IDLE)) && !ql__in_dispatch(ctx)) {
+     * before it sleeps.  Nor does a context already notified: the push
+     * (seq_cst RMW) precedes the seq_cst load of `notified`; if that load
+     * still sees true, the accept that clears it comes later and is
+     * followed by the seq_cst fence and list exchange of the next
+     * ql__bh_poll(), which therefore sees this push. */
+    if ((!(old & QL_BH_SCHEDULED) || (old & QL_BH_IDLE)) && !ql__in_dispatch(ctx) &&
+        !__atomic_load_n(&ctx->notified, __ATOMIC_SEQ_CST)) {
         ql_context_notify(ctx);
     }
     return linked;
@@ -214,7 +219,12 @@ static void bh_release(QLContext *ctx, QLBH *bh, unsigned old)
 /* Move the BHs linked so far to the tail of the ready queue, FIFO. */
 static void bh_take_list(QLContext *ctx)
 {
-    QLBH *list = __atomic_exchange_n(&ctx->bh_list, NULL, __ATOMIC_ACQUIRE);
+    /* An empty list needs no locked exchange; a push racing with this load
+     * is taken by the next poll (its notify keeps that poll from sleeping). */
+    if (!__atomic_load_n(&ctx->bh_list, __ATOMIC_RELAXED)) {
+        return;
+    }
+    QLBH *list = __atomic_exchange_n(&ctx->bh_list, NULL, __ATOMIC_SEQ_CST);
     if (!list) {
         return;
     }

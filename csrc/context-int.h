@@ -58,13 +58,21 @@ struct QLTimer {
     int64_t expire;            /* [lock] for writes, [atomic] reads; -1: idle */
     uint64_t seq;              /* [lock] arming order, breaks deadline ties */
     size_t heap_index;         /* [lock] position in the heap, or QL_TIMER_NOT_IN_HEAP */
+    int scale;                 /* ns per unit for qemu-compat.h's timer_mod() */
     struct QLTimer *all_prev, *all_next; /* [lock] every timer of the ctx */
 };
 
 #define QL_TIMER_NOT_IN_HEAP ((size_t)-1)
 
+/* A heap slot caches the key so that comparisons never touch the timer. */
+typedef struct QLTimerSlot {
+    int64_t expire;
+    uint64_t seq;
+    QLTimer *t;
+} QLTimerSlot;
+
 typedef struct QLTimerHeap {
-    QLTimer **a;               /* [lock] binary min-heap on (expire, seq) */
+    QLTimerSlot *a;            /* [lock] 4-ary min-heap on (expire, seq) */
     size_t n, cap;
 } QLTimerHeap;
 
@@ -158,6 +166,9 @@ int ql__timers_run(QLContext *ctx);
  * through *virt_deadline, the earliest VIRTUAL deadline (absolute, -1 none).
  * An expired VIRTUAL timer makes the result 0. */
 int64_t ql__timers_timeout(QLContext *ctx, int64_t *virt_deadline);
+/* Unit of QEMU-style timer_mod() (qemu-compat.h): SCALE_NS/US/MS. */
+void ql__timer_set_scale(QLTimer *t, int scale);
+int ql__timer_get_scale(const QLTimer *t);
 /* Move the virtual clock forward to `to` (no-op if already there). */
 void ql__virtual_clock_jump(QLContext *ctx, int64_t to);
 

@@ -30,6 +30,7 @@
  */
 #include "context-int.h"
 #include "misuse.h"
+#include "thread-pool-int.h"
 #include "qloop/blocking.h"
 
 #include <errno.h>
@@ -90,9 +91,17 @@ void ql_context_notify(QLContext *ctx)
     }
 }
 
-/* The poller took note of every notify so far.  [home] */
-static void notify_accept(QLContext *ctx)
+/* The poller took note of every notify so far.  drained: the notifier was
+ * just cleared (kicked must be reset).  [home] */
+static void notify_accept(QLContext *ctx, bool drained)
 {
+    /* Nothing to take note of: no store, no fence.  A notify whose store
+     * to `notified` comes after these loads stays visible to the next poll,
+     * which then does not sleep. */
+    if (!drained && !__atomic_load_n(&ctx->notified, __ATOMIC_RELAXED) &&
+        !__atomic_load_n(&ctx->kicked, __ATOMIC_RELAXED)) {
+        return;
+    }
     __atomic_store_n(&ctx->notified, false, __ATOMIC_RELAXED);
     __atomic_store_n(&ctx->kicked, false, __ATOMIC_RELAXED);
     /* Pairs with the fence in ql_context_notify(): what was published
@@ -189,6 +198,9 @@ void ql_context_free(QLContext *ctx)
     if (!ctx) {
         return;
     }
+    /* First, while BHs still work: thread pools deliver their last
+     * completions and join their workers. */
+    ql__thread_pools_context_free(ctx);
     ql_bh_delete(ctx->co_sched_bh);
     ql__bh_free_all(ctx);
     for (int fd = 0; fd <= ctx->max_fd; fd++) {
@@ -322,15 +334,16 @@ int ql_context_bad_fd(QLContext *ctx)
     return ctx->bad_fd;
 }
 
-/* Drain the context's notifier if the monitor reported it; drop closed fds
- * (returning -EBADF).  Returns 0 or -EBADF.  [home] */
-static int process_events(QLContext *ctx, QLFdEvent *ev, int n)
+/* Drain the context's notifier if the monitor reported it (*drained); drop
+ * closed fds (returning -EBADF).  Returns 0 or -EBADF.  [home] */
+static int process_events(QLContext *ctx, QLFdEvent *ev, int n, bool *drained)
 {
     int ret = 0;
     for (int i = 0; i < n; i++) {
         QLFdHandler *node = ev[i].node;
         if (node->internal) {
             ql_notifier_test_and_clear(&ctx->notifier);
+            *drained = true;
             ev[i].revents = 0;
         } else if ((ev[i].revents & POLLNVAL) && !node->deleted) {
             ctx->bad_fd = node->fd;
@@ -409,7 +422,8 @@ static int context_poll(QLContext *ctx, bool blocking)
     /* 1. timeout */
     int64_t real = 0, vdeadline = -1;
     int64_t timeout = blocking ? compute_timeout(ctx, &real, &vdeadline) : 0;
-    if (timeout != 0) {
+    bool may_sleep = timeout != 0;
+    if (may_sleep) {
         __atomic_fetch_add(&ctx->notify_me, 2, __ATOMIC_SEQ_CST);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         if (__atomic_load_n(&ctx->notified, __ATOMIC_RELAXED)) {
@@ -437,13 +451,14 @@ static int context_poll(QLContext *ctx, bool blocking)
         ret = nev;
         nev = 0;
     }
-    ret = ret ? ret : process_events(ctx, ev, nev);
-    if (timeout != 0) {
+    bool drained = false;
+    ret = ret ? ret : process_events(ctx, ev, nev, &drained);
+    if (may_sleep) {
         __atomic_fetch_sub(&ctx->notify_me, 2, __ATOMIC_RELEASE);
     }
 
     /* 3. accept */
-    notify_accept(ctx);
+    notify_accept(ctx, drained);
 
     /* 4. dispatch: bottom halves, fd handlers, timers */
     if (ret == 0) {
@@ -479,7 +494,7 @@ void ql_context_stop_dispatch(QLContext *ctx)
 }
 
 /* Any user fd ready now?  Drains the context notifier when drain is set. */
-static bool fds_ready(QLContext *ctx, bool drain)
+static bool fds_ready(QLContext *ctx, bool drain, bool *drained)
 {
     QLFdEvent ev[QL_POLL_BATCH];
     int n = ctx->fdmon->wait(ctx, 0, ev, QL_POLL_BATCH);
@@ -488,6 +503,7 @@ static bool fds_ready(QLContext *ctx, bool drain)
         if (ev[i].node->internal) {
             if (drain) {
                 ql_notifier_test_and_clear(&ctx->notifier);
+                *drained = true;
             }
         } else {
             ready = true;
@@ -507,7 +523,8 @@ bool ql_context_pending(QLContext *ctx)
     if (ql__bh_any_scheduled(ctx) || timers_expired(ctx)) {
         return true;
     }
-    return (ctx->fdmon->need_wait(ctx) || ctx->n_always_ready) && fds_ready(ctx, false);
+    bool drained = false;
+    return (ctx->fdmon->need_wait(ctx) || ctx->n_always_ready) && fds_ready(ctx, false, &drained);
 }
 
 int ql_context_flush(QLContext *ctx)
@@ -562,8 +579,9 @@ int64_t ql_context_prepare(QLContext *ctx)
 bool ql_context_check(QLContext *ctx)
 {
     __atomic_fetch_and(&ctx->notify_me, ~1u, __ATOMIC_RELEASE);
-    bool ready = fds_ready(ctx, true); /* the notifier is in the set: drain it */
-    notify_accept(ctx);
+    bool drained = false;
+    bool ready = fds_ready(ctx, true, &drained); /* the notifier is in the set */
+    notify_accept(ctx, drained);
     return ready || ql__bh_any_scheduled(ctx) || timers_expired(ctx);
 }
 

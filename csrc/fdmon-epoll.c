@@ -138,8 +138,10 @@ static int epoll_update(QLContext *ctx, QLFdHandler *node, uint32_t old_events)
     if (op == EPOLL_CTL_ADD && err == EPERM) {
         return always_add(ctx, st, node);
     }
-    if (op == EPOLL_CTL_DEL && (err == EBADF || err == ENOENT)) {
-        return 0; /* closed before its handler was removed: nothing to undo */
+    if (op == EPOLL_CTL_DEL && (err == EBADF || err == ENOENT || err == EPERM)) {
+        /* closed before its handler was removed, never added (flush-only
+         * node), or not pollable at all: nothing to undo */
+        return 0;
     }
     if (op == EPOLL_CTL_MOD && err == ENOENT) {
         /* The file was closed (the kernel dropped it).  If the number is
@@ -176,7 +178,7 @@ static int epoll_sweep(QLContext *ctx, EpollState *st, QLFdEvent *out, int max)
     int n = 0;
     for (int fd = 0; fd <= ctx->max_fd && n < st->sweep_cap; fd++) {
         QLFdHandler *node = ctx->fd_table[fd];
-        if (node && !node->internal) {
+        if (node && !node->internal && node->events && !node->always_ready) {
             st->sweep_pfd[n] = (struct pollfd){.fd = fd, .events = 0};
             st->sweep_node[n++] = node;
         }

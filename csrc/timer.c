@@ -57,55 +57,64 @@ int64_t ql_clock_get_ns(QLContext *ctx, QLClockType type)
 
 /* ---- heap ----------------------------------------------------------------- */
 
-static inline bool timer_before(const QLTimer *a, const QLTimer *b)
+/* 4-ary heap (shallower than binary: fewer cache lines touched per pop);
+ * slots hold (expire, seq, timer), and a move updates the timer's
+ * heap_index. */
+#define HEAP_D 4
+
+static inline bool slot_before(const QLTimerSlot *a, const QLTimerSlot *b)
 {
     return a->expire < b->expire || (a->expire == b->expire && a->seq < b->seq);
 }
 
-static inline void heap_place(QLTimerHeap *h, size_t i, QLTimer *t)
+static inline void heap_place(QLTimerHeap *h, size_t i, QLTimerSlot s)
 {
-    h->a[i] = t;
-    t->heap_index = i;
+    h->a[i] = s;
+    s.t->heap_index = i;
 }
 
 static void heap_sift_up(QLTimerHeap *h, size_t i)
 {
-    QLTimer *t = h->a[i];
+    QLTimerSlot s = h->a[i];
     while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (!timer_before(t, h->a[parent])) {
+        size_t parent = (i - 1) / HEAP_D;
+        if (!slot_before(&s, &h->a[parent])) {
             break;
         }
         heap_place(h, i, h->a[parent]);
         i = parent;
     }
-    heap_place(h, i, t);
+    heap_place(h, i, s);
 }
 
 static void heap_sift_down(QLTimerHeap *h, size_t i)
 {
-    QLTimer *t = h->a[i];
+    QLTimerSlot s = h->a[i];
     for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->n) {
+        size_t first = HEAP_D * i + 1;
+        if (first >= h->n) {
             break;
         }
-        if (c + 1 < h->n && timer_before(h->a[c + 1], h->a[c])) {
-            c++;
+        size_t last = first + HEAP_D < h->n ? first + HEAP_D : h->n;
+        size_t c = first;
+        for (size_t k = first + 1; k < last; k++) {
+            if (slot_before(&h->a[k], &h->a[c])) {
+                c = k;
+            }
         }
-        if (!timer_before(h->a[c], t)) {
+        if (!slot_before(&h->a[c], &s)) {
             break;
         }
         heap_place(h, i, h->a[c]);
         i = c;
     }
-    heap_place(h, i, t);
+    heap_place(h, i, s);
 }
 
-/* Restore heap order after the key of the element at i changed. */
+/* Restore heap order after the key of the slot at i changed. */
 static void heap_fix(QLTimerHeap *h, size_t i)
 {
-    if (i > 0 && timer_before(h->a[i], h->a[(i - 1) / 2])) {
+    if (i > 0 && slot_before(&h->a[i], &h->a[(i - 1) / HEAP_D])) {
         heap_sift_up(h, i);
     } else {
         heap_sift_down(h, i);
@@ -116,7 +125,7 @@ static int heap_insert(QLTimerHeap *h, QLTimer *t)
 {
     if (h->n == h->cap) {
         size_t cap = h->cap ? h->cap * 2 : 16;
-        QLTimer **a = realloc(h->a, cap * sizeof *a);
+        QLTimerSlot *a = realloc(h->a, cap * sizeof *a);
         if (!a) {
             return -ENOMEM;
         }
@@ -125,7 +134,7 @@ static int heap_insert(QLTimerHeap *h, QLTimer *t)
     }
     size_t i = h->n;
     __atomic_store_n(&h->n, i + 1, __ATOMIC_RELAXED);
-    heap_place(h, i, t);
+    heap_place(h, i, (QLTimerSlot){t->expire, t->seq, t});
     heap_sift_up(h, i);
     return 0;
 }
@@ -163,6 +172,7 @@ QLTimer *ql_timer_new(QLContext *ctx, QLClockType type, QLTimerFunc *cb, void *o
     t->name = name;
     t->expire = -1;
     t->heap_index = QL_TIMER_NOT_IN_HEAP;
+    t->scale = 1;
     pthread_mutex_lock(&ctx->lock);
     t->all_next = ctx->timer_all;
     if (ctx->timer_all) {
@@ -193,6 +203,8 @@ static int timer_arm(QLTimer *t, int64_t expire, bool anticipate)
         }
         __atomic_store_n(&t->expire, expire, __ATOMIC_RELAXED);
         t->seq = ctx->timer_seq++;
+        h->a[t->heap_index].expire = expire;
+        h->a[t->heap_index].seq = t->seq;
         heap_fix(h, t->heap_index);
     } else {
         __atomic_store_n(&t->expire, expire, __ATOMIC_RELAXED);
@@ -286,6 +298,16 @@ QLClockType ql_timer_clock(const QLTimer *t)
     return t->type;
 }
 
+void ql__timer_set_scale(QLTimer *t, int scale)
+{
+    t->scale = scale > 0 ? scale : 1;
+}
+
+int ql__timer_get_scale(const QLTimer *t)
+{
+    return t->scale;
+}
+
 /* ---- virtual clock -------------------------------------------------------- */
 
 /* The virtual clock moved to `now`: wake the context if a timer is due. */
@@ -293,7 +315,7 @@ static void vclock_moved(QLContext *ctx, int64_t now)
 {
     QLTimerHeap *h = &ctx->heap[QL_CLOCK_VIRTUAL];
     pthread_mutex_lock(&ctx->lock);
-    bool due = h->n > 0 && h->a[0]->expire <= now;
+    bool due = h->n > 0 && h->a[0].expire <= now;
     pthread_mutex_unlock(&ctx->lock);
     if (due && !ql__in_dispatch(ctx)) {
         ql_context_notify(ctx);
@@ -351,6 +373,13 @@ void ql__virtual_clock_jump(QLContext *ctx, int64_t to)
 int ql__timers_run(QLContext *ctx)
 {
     int progress = 0;
+    size_t armed = 0;
+    for (int type = 0; type < QL_CLOCK_MAX; type++) {
+        armed |= __atomic_load_n(&ctx->heap[type].n, __ATOMIC_RELAXED);
+    }
+    if (!armed) {
+        return 0; /* a timer armed concurrently runs next poll anyway */
+    }
     pthread_mutex_lock(&ctx->lock);
     uint64_t limit = ctx->timer_seq; /* armed from now on: next poll */
     pthread_mutex_unlock(&ctx->lock);
@@ -362,10 +391,10 @@ int ql__timers_run(QLContext *ctx)
         int64_t now = clock_now(ctx, (QLClockType)type); /* once per pass */
         pthread_mutex_lock(&ctx->lock);
         while (h->n > 0) {
-            QLTimer *t = h->a[0];
-            if (t->expire > now || t->seq >= limit) {
+            if (h->a[0].expire > now || h->a[0].seq >= limit) {
                 break;
             }
+            QLTimer *t = h->a[0].t;
             heap_remove(h, t);
             __atomic_store_n(&t->expire, -1, __ATOMIC_RELAXED);
             pthread_mutex_unlock(&ctx->lock);
@@ -385,13 +414,21 @@ int64_t ql__timers_timeout(QLContext *ctx, int64_t *virt_deadline)
 {
     int64_t best = -1;
     *virt_deadline = -1;
+    size_t armed = 0;
+    for (int type = 0; type < QL_CLOCK_MAX; type++) {
+        armed |= __atomic_load_n(&ctx->heap[type].n, __ATOMIC_RELAXED);
+    }
+    if (!armed) {
+        /* Racing arms notify the context (new head), so the wait wakes. */
+        return -1;
+    }
     pthread_mutex_lock(&ctx->lock);
     for (int type = 0; type < QL_CLOCK_MAX; type++) {
         QLTimerHeap *h = &ctx->heap[type];
         if (h->n == 0) {
             continue;
         }
-        int64_t expire = h->a[0]->expire;
+        int64_t expire = h->a[0].expire;
         int64_t d = expire - clock_now(ctx, (QLClockType)type);
         if (d <= 0) {
             best = 0;

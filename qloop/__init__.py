@@ -42,6 +42,41 @@ from .context import (  # noqa: E402
 )
 from .aiocb import AIOCB, AIOCBPool  # noqa: E402
 from .iothread import IOThread  # noqa: E402
+from .threadpool import (  # noqa: E402
+    CancelledError,
+    ThreadPool,
+    ThreadPoolRequest,
+    get_thread_pool,
+    run_in_thread,
+)
+from .task import QIOTask  # noqa: E402
+from .mainloop import (  # noqa: E402
+    add_child_watch,
+    add_polling_cb,
+    aio_flush,
+    aio_wait,
+    del_polling_cb,
+    get_aio_context,
+    get_iohandler_context,
+    init_main_loop,
+    iothread_lock,
+    main_loop_wait,
+    notify_event,
+    run,
+    set_fd_handler,
+)
+from .coroutine import (  # noqa: E402
+    CoMutex,
+    CoQueue,
+    CoRwlock,
+    Coroutine,
+    CoroutineExit,
+    co_sleep_ns,
+    co_wake,
+    coroutine_self,
+    coroutine_yield,
+    in_coroutine,
+)
 
 __version__ = ffi.string(lib.ql_version()).decode()
 
@@ -69,21 +104,50 @@ def get_pkgconfig_dir():
 
 
 __all__ = [
+    "add_child_watch",
+    "add_polling_cb",
+    "aio_flush",
+    "aio_wait",
     "AIOCB",
     "AIOCBPool",
     "AioContext",
     "BH",
+    "CancelledError",
+    "check_errno",
     "CLOCK_HOST",
     "CLOCK_REALTIME",
     "CLOCK_VIRTUAL",
+    "co_sleep_ns",
+    "co_wake",
+    "CoMutex",
+    "CoQueue",
+    "Coroutine",
+    "coroutine_self",
+    "coroutine_yield",
+    "CoroutineExit",
+    "CoRwlock",
+    "del_polling_cb",
     "EventNotifier",
-    "IOThread",
-    "Timer",
-    "VirtualClock",
-    "check_errno",
     "ffi",
+    "get_aio_context",
     "get_include",
+    "get_iohandler_context",
     "get_library_dir",
     "get_pkgconfig_dir",
+    "get_thread_pool",
+    "in_coroutine",
+    "init_main_loop",
+    "IOThread",
+    "iothread_lock",
     "lib",
+    "main_loop_wait",
+    "notify_event",
+    "QIOTask",
+    "run",
+    "run_in_thread",
+    "set_fd_handler",
+    "ThreadPool",
+    "ThreadPoolRequest",
+    "Timer",
+    "VirtualClock",
 ]

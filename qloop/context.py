@@ -87,6 +87,21 @@ class AioContext(_core.AioContext):
         addr = int(ffi.cast("uintptr_t", n))
         self._set_event_notifier(addr, notifier, read, flush)
 
+    def run(self, fn, *args):
+        """Run ``fn(*args)`` as a coroutine in this context until it finishes.
+
+        Polls the context meanwhile (so other callbacks and coroutines run
+        too) and returns fn's result; an exception raised by fn -- or by any
+        callback run meanwhile -- is raised here.
+        """
+        from .coroutine import Coroutine
+
+        co = Coroutine(fn, *args)
+        self.co_schedule(co)
+        while not co.done:
+            self.poll(blocking=True)
+        return co.result()
+
     @property
     def cdata(self):
         """The ``QLContext *`` as a cffi pointer, for qloop.lib / C extensions."""

@@ -57,7 +57,7 @@ class IOThread:
         try:
             while self._running:
                 try:
-                    ctx.poll(blocking=True)
+                    ctx.run_forever()
                 except Exception as e:
                     self.exceptions.append(e)
             # run what was handed over before stop()
@@ -82,7 +82,7 @@ class IOThread:
         self._running = False
         if ctx is not None:
             try:
-                ctx.notify()
+                ctx.stop()
             except RuntimeError:
                 pass  # closed meanwhile
         self._thread.join(timeout)

@@ -301,3 +301,38 @@ def test_close_while_polling_is_refused(ctx):
     ctx.schedule_oneshot(cb)
     ctx.poll(blocking=False)
     assert errors and "while it is polling" in str(errors[0])
+
+
+def test_run_forever_returns_after_stop_from_callback(ctx):
+    count = [0]
+
+    def chain():
+        count[0] += 1
+        if count[0] < 1000:
+            ctx.schedule_oneshot(chain)
+        else:
+            ctx.stop()
+
+    ctx.schedule_oneshot(chain)
+    ctx.run_forever()
+    assert count[0] == 1000
+
+
+def test_run_forever_stopped_from_another_thread(ctx):
+    threading.Timer(0.05, ctx.stop).start()
+    ctx.run_forever()  # returns; nothing else to do
+
+
+def test_stop_before_run_forever_makes_it_return_at_once(ctx):
+    ctx.stop()
+    ctx.run_forever()
+
+
+def test_run_forever_raises_callback_exception_and_keeps_the_rest(ctx):
+    ran = []
+    ctx.schedule_oneshot(lambda: 1 / 0)
+    ctx.schedule_oneshot(ran.append, "later")
+    with pytest.raises(ZeroDivisionError):
+        ctx.run_forever()
+    ctx.poll(blocking=False)
+    assert ran == ["later"]

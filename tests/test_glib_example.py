@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import qloop
+from ctools import c_compiler, compile_program, run_program, sanitizer_flags
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -26,14 +27,12 @@ def test_glib_main_loop_runs_qloop_context(tmp_path):
     flags = glib_flags()
     if flags is None:
         pytest.skip("GLib development files not installed")
-    exe = tmp_path / "glib_example"
+    exe = str(tmp_path / "glib_example")
     lib = os.path.join(qloop.get_library_dir(), "libqloop.a")
-    cc = os.environ.get("CC", "cc")
-    subprocess.run([cc, "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Werror", "-o", str(exe), str(src),
-                    "-I", qloop.get_include(), "-I", str(EXAMPLES), lib, "-pthread", *flags],
-                   check=True)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.split()
+    compile_program(c_compiler() + ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Werror"]
+                    + sanitizer_flags() + ["-o", exe, str(src), "-I", qloop.get_include(),
+                                           "-I", str(EXAMPLES), lib, "-pthread", *flags],
+                    tmp_path)
+    lines = run_program(exe).split()
     assert lines[-1] == "OK"
     assert sorted(lines[:-1]) == sorted(["bh", "qloop-timer", "pipe", "glib-timeout", "thread-bh"])

@@ -13,7 +13,8 @@ def run_info(tmp_path, **env):
     # Run from an empty directory: from the repository root the source
     # package (no compiled module) would shadow the installed one.
     e = dict(os.environ)
-    e.pop("QLOOP_NOTIFIER", None)
+    for var in ("QLOOP_NOTIFIER", "QLOOP_FDMON", "QLOOP_COROUTINE", "QLOOP_STACK_SIZE"):
+        e.pop(var, None)
     e.update(env)
     p = subprocess.run([sys.executable, "-m", "qloop", "info"], cwd=tmp_path, env=e,
                        capture_output=True, text=True, timeout=120)
@@ -57,3 +58,9 @@ def test_main_without_command_prints_help(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert "info" in p.stdout
+
+
+@pytest.mark.skipif(not hasattr(qloop.lib, "ql_context_fdmon_name"), reason="no AioContext yet")
+def test_info_follows_qloop_fdmon(tmp_path):
+    assert run_info(tmp_path)["fd monitor"] in ("epoll", "poll")
+    assert run_info(tmp_path, QLOOP_FDMON="poll")["fd monitor"] == "poll"

@@ -9,6 +9,7 @@
  */
 #include "pycontext.h"
 #include "glue.h"
+#include "pycoro.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -217,7 +218,7 @@ static int context_clear(ContextObject *self)
 
 /* ---- poll and friends ------------------------------------------------- */
 
-static int enter_dispatch(ContextObject *self, DispatchFrame *f)
+int qlpy_enter_dispatch(ContextObject *self, DispatchFrame *f)
 {
     if (qlpy_context_check_open(self) < 0) {
         return -1;
@@ -240,7 +241,7 @@ static int enter_dispatch(ContextObject *self, DispatchFrame *f)
 
 /* Leave a dispatch; returns NULL with the exception set if a callback raised
  * or ret is an error, else Py_True/Py_False for ret > 0 / ret == 0. */
-static PyObject *leave_dispatch(ContextObject *self, DispatchFrame *f, int ret)
+PyObject *qlpy_leave_dispatch(ContextObject *self, DispatchFrame *f, int ret)
 {
     qlpy_top_frame = f->prev;
     if (--self->dispatch_depth == 0 && self->graveyard && PyList_GET_SIZE(self->graveyard)) {
@@ -305,33 +306,84 @@ static PyObject *context_poll(ContextObject *self, PyObject *const *args, Py_ssi
         return NULL;
     }
     DispatchFrame f;
-    if (enter_dispatch(self, &f) < 0) {
+    if (qlpy_enter_dispatch(self, &f) < 0) {
         return NULL;
     }
     int r = ql_context_poll(self->ctx, blocking);
-    return leave_dispatch(self, &f, r);
+    return qlpy_leave_dispatch(self, &f, r);
+}
+
+static PyObject *context_run_forever(ContextObject *self, PyObject *unused)
+{
+    (void)unused;
+    DispatchFrame f;
+    if (qlpy_enter_dispatch(self, &f) < 0) {
+        return NULL;
+    }
+    /* A stop() that came before we started ends the loop at once (as in
+     * asyncio): the flag is cleared on the way out, not on the way in. */
+    self->running_forever++;
+    int r = 0;
+    /* One C loop of blocking polls: no Python frame per iteration.  A callback
+     * exception (f.exc) or a signal handler's exception ends it. */
+    while (!self->stop_requested && !f.exc && self->ctx) {
+        r = ql_context_poll(self->ctx, true);
+        if (r < 0 && r != -EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            break;
+        }
+    }
+    self->running_forever--;
+    self->stop_requested = 0;
+    PyObject *res = qlpy_leave_dispatch(self, &f, r < 0 ? r : 0);
+    if (!res) {
+        return NULL;
+    }
+    Py_DECREF(res);
+    Py_RETURN_NONE;
+}
+
+static PyObject *context_stop(ContextObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (qlpy_context_check_open(self) < 0) {
+        return NULL;
+    }
+    self->stop_requested = 1;
+    ql_context_notify(self->ctx);
+    Py_RETURN_NONE;
+}
+
+static PyObject *context_co_schedule(ContextObject *self, PyObject *co)
+{
+    if (qlpy_context_check_open(self) < 0) {
+        return NULL;
+    }
+    return qlpy_co_schedule(self->ctx, co);
 }
 
 static PyObject *context_dispatch(ContextObject *self, PyObject *unused)
 {
     (void)unused;
     DispatchFrame f;
-    if (enter_dispatch(self, &f) < 0) {
+    if (qlpy_enter_dispatch(self, &f) < 0) {
         return NULL;
     }
     int r = ql_context_dispatch(self->ctx);
-    return leave_dispatch(self, &f, r);
+    return qlpy_leave_dispatch(self, &f, r);
 }
 
 static PyObject *context_flush(ContextObject *self, PyObject *unused)
 {
     (void)unused;
     DispatchFrame f;
-    if (enter_dispatch(self, &f) < 0) {
+    if (qlpy_enter_dispatch(self, &f) < 0) {
         return NULL;
     }
     int r = ql_context_flush(self->ctx);
-    PyObject *res = leave_dispatch(self, &f, r);
+    PyObject *res = qlpy_leave_dispatch(self, &f, r);
     if (!res) {
         return NULL;
     }
@@ -738,6 +790,14 @@ static PyMethodDef context_methods[] = {
      "poll(blocking=True) -> bool\n\nRun one iteration: bottom halves, ready fd handlers, "
      "expired timers.  Blocking waits until something is ready.  Returns True if a "
      "callback ran."},
+    {"co_schedule", (PyCFunction)context_co_schedule, METH_O,
+     "co_schedule(co)\n\nRun the coroutine co in this context's next poll (QEMU's "
+     "aio_co_schedule).  Any thread."},
+    {"run_forever", (PyCFunction)context_run_forever, METH_NOARGS,
+     "run_forever()\n\nPoll (blocking) until stop() is called, from a callback or any "
+     "thread.  An exception raised by a callback ends it and is raised."},
+    {"stop", (PyCFunction)context_stop, METH_NOARGS,
+     "stop()\n\nMake run_forever() return after the current iteration.  Any thread."},
     {"dispatch", (PyCFunction)context_dispatch, METH_NOARGS,
      "dispatch() -> bool\n\nRun what is ready now without sleeping (embedding)."},
     {"flush", (PyCFunction)context_flush, METH_NOARGS,

@@ -14,7 +14,7 @@ PyObject *qlpy_raise_errno(int neg_errno)
 _Thread_local DispatchFrame *qlpy_top_frame;
 
 /* Take the raised exception as one object (traceback attached). */
-static PyObject *fetch_exception(void)
+PyObject *qlpy_fetch_exception(void)
 {
 #if PY_VERSION_HEX >= 0x030C0000
     return PyErr_GetRaisedException();
@@ -84,7 +84,7 @@ static void defer(ContextObject *ctx, PyObject *exc)
 
 void qlpy_callback_failed(ContextObject *ctx)
 {
-    PyObject *exc = fetch_exception();
+    PyObject *exc = qlpy_fetch_exception();
     if (exc) {
         defer(ctx, exc);
     }

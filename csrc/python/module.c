@@ -11,9 +11,11 @@
 
 #include "glue.h"
 #include "pycontext.h"
+#include "pycoro.h"
 
 long qlpy_blocked_sections(void);
 int qlpy_gil_state_while_blocked(void);
+int qlpy_threadpool_register(PyObject *module);
 
 static PyObject *core_gil_held(PyObject *self, PyObject *unused)
 {
@@ -71,7 +73,9 @@ PyMODINIT_FUNC PyInit__core(void)
     }
     qlpy_install_blocking_hooks();
     if (qlpy_context_register_types(m) < 0 || qlpy_bh_register(m) < 0 ||
-        qlpy_timer_register(m) < 0) {
+        qlpy_timer_register(m) < 0 || qlpy_mainloop_register(m) < 0 ||
+        qlpy_threadpool_register(m) < 0 ||
+        qlpy_coroutine_init(m) < 0 || qlpy_colock_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -30,6 +30,8 @@ typedef struct ContextObject {
     int oneshot_free_count;
     int dispatch_depth;      /* polls of this context running (nesting) */
     unsigned long poll_thread; /* thread running poll() when dispatch_depth > 0 */
+    int stop_requested;      /* run_forever() returns at its next iteration */
+    int running_forever;     /* run_forever() calls in progress */
     PyObject *weakreflist;
 } ContextObject;
 
@@ -56,8 +58,20 @@ void qlpy_call_callback(ContextObject *ctx, PyObject *cb, PyObject *args);
 /* The innermost running dispatch of this thread. */
 extern _Thread_local DispatchFrame *qlpy_top_frame;
 
+/* Take the raised exception as one object (traceback attached), or NULL. */
+PyObject *qlpy_fetch_exception(void);
+
 /* Set exc (a reference is stolen) as the raised exception. */
 void qlpy_restore_exception(PyObject *exc);
+
+/* Bracket a run of ctx's callbacks (poll, dispatch, main_loop_wait):
+ * enter refuses a second polling thread and a closed context; leave raises
+ * the first callback exception, converts ret < 0 to OSError and returns
+ * Py_True/Py_False for ret > 0 / ret == 0. */
+int qlpy_enter_dispatch(ContextObject *self, DispatchFrame *f);
+PyObject *qlpy_leave_dispatch(ContextObject *self, DispatchFrame *f, int ret);
+
+int qlpy_mainloop_register(PyObject *module);
 
 /* -errno -> OSError (returns NULL); the same conversion as qloop._errors. */
 PyObject *qlpy_raise_errno(int neg_errno);

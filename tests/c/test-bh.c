@@ -464,6 +464,20 @@ static void on_alarm(int sig)
     ql_bh_schedule(sig_bh);
 }
 
+/* A helper thread takes the signal so that the poll is woken by the
+ * schedule's notify, not by EINTR. */
+static void *signal_taker(void *opaque)
+{
+    (void)opaque;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGALRM);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    alarm(1);
+    sleep(3); /* interrupted by the signal */
+    return NULL;
+}
+
 static void test_bh_schedule_from_signal_handler_wakes_poll(void)
 {
     QLContext *ctx = ql_context_new();
@@ -471,10 +485,17 @@ static void test_bh_schedule_from_signal_handler_wakes_poll(void)
     sig_bh = ql_bh_new(ctx, count_cb, NULL, "sig");
     struct sigaction sa = {.sa_handler = on_alarm};
     sigaction(SIGALRM, &sa, NULL);
-    alarm(1);
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+    pthread_t th;
+    pthread_create(&th, NULL, signal_taker, NULL);
     while (counter == 0) {
         QL_CHECK(ql_context_poll(ctx, true) >= 0); /* would sleep forever */
     }
+    pthread_join(th, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     signal(SIGALRM, SIG_DFL);
     ql_bh_delete(sig_bh);
     ql_context_free(ctx);

@@ -17,7 +17,7 @@ static int readable(int fd, int timeout_ms)
 {
     struct pollfd p = {.fd = fd, .events = POLLIN};
     int r;
-    do {
+    do { /* a signal handler run meanwhile interrupts poll */
         r = poll(&p, 1, timeout_ms);
     } while (r < 0 && errno == EINTR);
     return r == 1 && (p.revents & POLLIN);

@@ -61,7 +61,11 @@ void ql_context_free(QLContext *ctx);
  * (progress), 0 if not (a bare ql_context_notify() wakes a blocking poll that
  * then returns 0), or a negative errno: -EBADF when a registered fd was found
  * closed (see ql_context_bad_fd()).  The GIL-style blocking hooks
- * (qloop/blocking.h) bracket the wait.  Home thread; callbacks may nest it. */
+ * (qloop/blocking.h) bracket the wait.  Home thread; callbacks may nest it.
+ * Closed fds: the poll monitor sees POLLNVAL at once; with epoll (the kernel
+ * silently drops closed files) they are found by a check before a wait that
+ * may sleep, at most once per second - a poll never sleeps forever on one.
+ * With -EBADF nothing was dispatched: BHs, fds and timers stay ready. */
 int ql_context_poll(QLContext *ctx, bool blocking);
 
 /* Wake a blocking ql_context_poll() (or the embedding loop).  Cheap when
@@ -97,7 +101,11 @@ const char *ql_context_fdmon_name(QLContext *ctx);
 /* ---- embedding (GSource style: prepare / poll fd / check / dispatch) ---- */
 
 /* One fd that becomes readable whenever the context has work or needs to be
- * polled again.  Stable for the context's life. */
+ * polled again.  Stable for the context's life.  With epoll it is the epoll
+ * fd (the notifier is a member); with the poll monitor an epoll set
+ * mirroring the registrations is created by the first call (-ENOSYS where
+ * there is no epoll).  Regular files cannot be watched that way: while one
+ * is registered ql_context_prepare() returns 0. */
 int ql_context_fd(QLContext *ctx);
 /* Timeout in ns until the context needs dispatching: 0 (ready now), -1 (no
  * deadline) or positive.  Arms notification for a caller that will sleep. */
@@ -135,13 +143,16 @@ void ql_bh_delete(QLBH *bh);
 /* Hook called in the home thread every time the BH leaves the pending list
  * (after its callback ran or was skipped because it was cancelled or
  * deleted, or at ql_context_free).  Bindings use it to drop the reference they
- * took when ql_bh_schedule() returned 1. */
+ * took when ql_bh_schedule() returned 1: it runs exactly once per schedule
+ * call that returned 1 (a BH linked only by ql_bh_delete() gets no call).
+ * hook(opaque) gets the BH's opaque. */
 void ql_bh_set_dequeue_hook(QLBH *bh, QLBHFunc *hook);
 
 /* Allocate (from a per-context free list), schedule, run once, free.
  * Returns 0 or -ENOMEM.  Any thread (not signal handlers). */
 int ql_bh_schedule_oneshot(QLContext *ctx, QLBHFunc *cb, void *opaque, const char *name);
 
+/* The name given to ql_bh_new(), or "<unnamed>". */
 const char *ql_bh_name(const QLBH *bh);
 
 /* ---- clocks and timers ------------------------------------------------ */
@@ -155,7 +166,9 @@ int64_t ql_clock_get_ns(QLContext *ctx, QLClockType type);
 int ql_virtual_clock_advance(QLContext *ctx, int64_t ns);
 int ql_virtual_clock_set(QLContext *ctx, int64_t ns);
 /* autojump: when a poll would sleep and a VIRTUAL timer is pending, the
- * virtual clock jumps to its deadline instead of sleeping. */
+ * virtual clock jumps to its deadline instead of sleeping - provided no fd
+ * is ready, no notify came in, and no REALTIME/HOST timer is due sooner
+ * (delays compared in ns).  ql_context_prepare() jumps the same way. */
 void ql_virtual_clock_set_autojump(QLContext *ctx, bool autojump);
 bool ql_virtual_clock_get_autojump(QLContext *ctx);
 
@@ -163,8 +176,12 @@ bool ql_virtual_clock_get_autojump(QLContext *ctx);
 QLTimer *ql_timer_new(QLContext *ctx, QLClockType type, QLTimerFunc *cb, void *opaque,
                       const char *name);
 /* Arm at absolute deadline `expire_ns` on the timer's clock (re-arms if
- * pending).  Never fires early; equal deadlines fire in arming order.
- * O(log n).  Any thread.  Returns 0. */
+ * pending; negative means 0).  Never fires early; equal deadlines fire in
+ * arming order.  A timer armed while the context runs its timers (e.g. by
+ * its own callback) runs at the earliest in the next poll, even if already
+ * due, so a timer re-arming itself for "now" cannot loop inside one poll.
+ * O(log n), no allocation once the heap has grown.  Any thread.  Returns 0,
+ * -ENOMEM (heap growth failed) or -EINVAL (its context was freed). */
 int ql_timer_mod(QLTimer *t, int64_t expire_ns);
 /* Arm at now + delay_ns. */
 int ql_timer_mod_in(QLTimer *t, int64_t delay_ns);
@@ -186,7 +203,8 @@ QLClockType ql_timer_clock(const QLTimer *t);
  * io_read == io_write == io_flush == NULL removes.  Safe from inside a
  * dispatch (a handler removed before it was reached does not run).  Works with
  * any pollable fd; regular files are always ready.  Returns 0 or a negative
- * errno (-EBADF for a closed fd).  Home thread. */
+ * errno (-EBADF for a closed fd with epoll; the poll monitor reports it from
+ * the next ql_context_poll()).  Home thread. */
 int ql_context_set_fd_handler(QLContext *ctx, int fd, QLIOHandler *io_read,
                               QLIOHandler *io_write, QLFlushFunc *io_flush, void *opaque);
 

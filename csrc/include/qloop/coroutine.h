@@ -12,7 +12,15 @@
  * reference was taken with ql_coroutine_ref(); then the finished coroutine
  * stays valid (ql_coroutine_finished() is true, entering it returns -EINVAL)
  * until the last ql_coroutine_unref().  Its stack is recycled at termination
- * either way.
+ * either way.  A coroutine that was never entered is freed by the
+ * ql_coroutine_unref() that drops the last reference taken on it.
+ *
+ * Stacks come from large mappings with guard pages installed by
+ * madvise(MADV_GUARD_INSTALL) (Linux >= 6.13), so 100,000 suspended
+ * coroutines fit within vm.max_map_count; on older kernels (or with
+ * QLOOP_STACK_GUARD=mprotect) guards use mprotect(), each stack then costs two
+ * mappings and creation fails with ENOMEM near max_map_count / 2.  A
+ * suspended coroutine keeps about one page of its stack resident.
  *
  * Functions marked "coroutine only" must be called from inside a coroutine.
  */
@@ -34,7 +42,10 @@ typedef struct QLCoroutine QLCoroutine;
 typedef void QLCoroutineFunc(void *opaque);
 
 /* Create a coroutine (not started) with the default stack size.  NULL +
- * errno (ENOMEM) on failure.  Any thread. */
+ * errno (ENOMEM) on failure.  Any thread.  The first coroutine created or
+ * entered in a thread installs an alternate signal stack there (unless the
+ * thread has one) and, once per process, a SIGSEGV handler that reports
+ * guard-page hits and passes other faults to the previous handler. */
 QLCoroutine *ql_coroutine_create(QLCoroutineFunc *entry, void *opaque);
 /* Same with an explicit stack size in bytes (0: default; rounded up to whole
  * pages; minimum 16 KiB). */
@@ -43,7 +54,8 @@ QLCoroutine *ql_coroutine_create_full(QLCoroutineFunc *entry, void *opaque, size
 /* Run co until it yields or finishes.  Coroutines it woke meanwhile (see
  * ql_co_wake) run before this returns.  Returns 0, -EBUSY if co is running or
  * suspended in a nested enter, -EINVAL if it finished, -EALREADY if it is
- * scheduled (ql_co_schedule, ql_co_sleep_ns).  Any context; the coroutine
+ * scheduled (ql_co_schedule, ql_co_sleep_ns, or woken by ql_co_wake from a
+ * coroutine and waiting for that one to yield).  Any context; the coroutine
  * then belongs to the calling thread's current context. */
 int ql_coroutine_enter(QLCoroutine *co);
 /* Enter co only if it is not already entered (running or in the caller
@@ -71,8 +83,23 @@ void ql_coroutine_unref(QLCoroutine *co);
 void ql_coroutine_set_user_data(QLCoroutine *co, void *data);
 void *ql_coroutine_get_user_data(QLCoroutine *co);
 
+/* Switch hooks for a language runtime that keeps per-coroutine interpreter
+ * state (the Python binding swaps the thread state in them).  Whenever co
+ * yields - ql_coroutine_yield() or a wait inside a CoQueue, CoMutex,
+ * CoRwlock or sleep - `leave(co, user_data)` runs on co's stack right before
+ * it switches away, and `resume(co, user_data)` right after it is entered
+ * again, before control returns to the code that yielded.  Neither runs at
+ * the first entry nor at termination (the entry function handles those).
+ * user_data is ql_coroutine_get_user_data(co) at call time.  Hooks must not
+ * switch coroutines.  Either may be NULL.  Call before co first runs, from
+ * the thread that creates it. */
+typedef void QLCoroutineSwitchHook(QLCoroutine *co, void *user_data);
+void ql_coroutine_set_switch_hooks(QLCoroutine *co, QLCoroutineSwitchHook *leave,
+                                   QLCoroutineSwitchHook *resume);
+
 /* Default stack size for new coroutines (bytes; QLOOP_STACK_SIZE in the
- * environment overrides the built-in 256 KiB). */
+ * environment, in bytes or with a k/m suffix, overrides the built-in
+ * 256 KiB; read once). */
 size_t ql_coroutine_default_stack_size(void);
 /* Name of the switch backend in use ("asm-x86_64", "asm-aarch64" or
  * "ucontext"; QLOOP_COROUTINE=ucontext forces the portable one). */
@@ -80,11 +107,16 @@ const char *ql_coroutine_backend(void);
 
 /* ---- across contexts and threads (QEMU's aio_co_*) ------------------- */
 
-/* Run co in ctx's next poll.  Any thread.  -EALREADY if already scheduled. */
+/* Run co in ctx's next poll.  Any thread.  -EALREADY if already scheduled.
+ * ctx must stay alive until the call has returned (as for ql_bh_schedule):
+ * free a context only once no other thread can still wake into it. */
 int ql_co_schedule(QLContext *ctx, QLCoroutine *co);
 /* Wake co in the context where it last ran: another thread's context ->
  * scheduled there; from inside a coroutine of the same context -> runs when
- * the current coroutine yields or ends; otherwise entered now. */
+ * the current coroutine yields or ends; otherwise entered now.  A coroutine
+ * that never ran (no context yet) counts as belonging to the caller's
+ * current context.  Returns 0 or the errors of ql_co_schedule() /
+ * ql_coroutine_enter() (-EBUSY for waking oneself). */
 int ql_co_wake(QLCoroutine *co);
 /* QEMU's aio_co_enter: as ql_co_wake but into ctx. */
 int ql_co_enter(QLContext *ctx, QLCoroutine *co);
@@ -98,7 +130,12 @@ typedef struct QLCoRwlock QLCoRwlock;
 QLCoQueue *ql_co_queue_new(void);
 void ql_co_queue_free(QLCoQueue *q);
 /* Wait until woken, FIFO.  If mutex is not NULL it is released while
- * waiting and retaken before returning.  Coroutine only: -EPERM outside. */
+ * waiting and retaken before returning.  Coroutine only: -EPERM outside,
+ * and -EPERM if mutex is not held by the caller.
+ * Threads: CoQueue, CoMutex and CoRwlock may be shared by coroutines of
+ * different threads provided those coroutines run in contexts
+ * (ql_context_current() set): a waiter woken from another thread is
+ * scheduled into its own context. */
 int ql_co_queue_wait(QLCoQueue *q, QLCoMutex *mutex);
 /* Same, but queue at the head. */
 int ql_co_queue_wait_insert_head(QLCoQueue *q, QLCoMutex *mutex);
@@ -114,7 +151,8 @@ QLCoMutex *ql_co_mutex_new(void);
 void ql_co_mutex_free(QLCoMutex *m);
 /* Coroutine only (-EPERM outside); -EDEADLK if the caller holds it. */
 int ql_co_mutex_lock(QLCoMutex *m);
-/* 1 if taken, 0 if held by someone else.  Coroutine only. */
+/* 1 if taken, 0 if held by someone else, -EDEADLK if held by the caller.
+ * Coroutine only (-EPERM outside). */
 int ql_co_mutex_trylock(QLCoMutex *m);
 /* Hands the lock to the first waiter.  -EPERM if the caller is not the
  * holder. */
@@ -128,18 +166,27 @@ QLCoRwlock *ql_co_rwlock_new(void);
 void ql_co_rwlock_free(QLCoRwlock *l);
 int ql_co_rwlock_rdlock(QLCoRwlock *l);
 int ql_co_rwlock_wrlock(QLCoRwlock *l);
-/* Release a read or write hold.  -EPERM if the caller holds none. */
+/* Release a read or write hold.  -EPERM if the caller holds none (readers
+ * are counted, not recorded: while the lock is read-held any coroutine's
+ * unlock releases one read hold). */
 int ql_co_rwlock_unlock(QLCoRwlock *l);
-/* Reader -> writer (waits for the other readers; queued writers go first). */
+/* Reader -> writer (waits for the other readers; queued writers go first).
+ * -EPERM if the lock is not read-held. */
 int ql_co_rwlock_upgrade(QLCoRwlock *l);
-/* Writer -> reader (admits queued readers). */
+/* Writer -> reader (admits queued readers).  -EPERM if the caller is not
+ * the writer.  rdlock/wrlock: coroutine only (-EPERM outside); -EDEADLK
+ * if the caller is the writer. */
 int ql_co_rwlock_downgrade(QLCoRwlock *l);
 
 /* ---- sleep ------------------------------------------------------------ */
 
 typedef struct QLCoSleep QLCoSleep;
 /* Sleep ns on `clock` of the current context.  Coroutine only.  Returns 0
- * after the time passed or 1 if woken early through `w` (may be NULL). */
+ * after the time passed or 1 if woken early through `w` (may be NULL).
+ * While it sleeps the coroutine counts as scheduled: entering or
+ * scheduling it fails with -EALREADY.  Errors: -EPERM outside a coroutine,
+ * -EINVAL without a current context or for a bad clock, -EBUSY if w already
+ * has a sleeper, -EALREADY if the caller is scheduled, -ENOMEM. */
 int ql_co_sleep_ns_wakeable(QLCoSleep *w, QLClockType clock, int64_t ns);
 int ql_co_sleep_ns(QLClockType clock, int64_t ns);
 QLCoSleep *ql_co_sleep_new(void);

@@ -14,5 +14,10 @@
 #include "qloop/blocking.h"
 #include "qloop/notifier.h"
 #include "qloop/context.h"
+#include "qloop/coroutine.h"
+#include "qloop/thread-pool.h"
+#include "qloop/task.h"
+#include "qloop/aiocb.h"
+#include "qloop/main-loop.h"
 
 #endif /* QLOOP_QLOOP_H */

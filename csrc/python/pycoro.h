@@ -1,0 +1,91 @@
+/*
+ * csrc/python/pycoro.h - internal interface between the Python coroutine
+ * type (coroutine.c) and the lock types (colock.c).  GIL held everywhere.
+ */
+#ifndef QLOOP_PY_PYCORO_H
+#define QLOOP_PY_PYCORO_H
+
+#include "pystate.h"
+#include "qloop/coroutine.h"
+
+#include <stdint.h>
+
+typedef struct QLPyThread QLPyThread;
+
+enum {
+    QLPY_CO_NEW = 0,       /* created, never entered */
+    QLPY_CO_RUNNING = 1,   /* running, or in the chain of entered coroutines */
+    QLPY_CO_SUSPENDED = 2, /* yielded (bare yield or waiting in the core) */
+    QLPY_CO_DONE = 3,      /* fn returned or raised */
+};
+
+/* Error indicator moved across a switch (must normally be empty). */
+typedef struct QLPyStray {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc;
+#else
+    PyObject *type, *value, *tb;
+#endif
+} QLPyStray;
+
+typedef struct QLPyCoroutine {
+    PyObject_HEAD
+    QLCoroutine *co;            /* core coroutine; we hold a ql_coroutine_ref */
+    PyObject *fn;               /* callable and arguments, until started */
+    PyObject *args;
+    PyObject *result;           /* once done: return value, or NULL */
+    PyObject *exc;              /* once done: exception instance, or NULL */
+    PyObject *weakrefs;
+    QLPyThread *owner;          /* owning thread (referenced) */
+    uint64_t owner_id;          /* PyThreadState id of the owner */
+    PyThreadState *ts;          /* the owner's thread state */
+    struct QLPyCoroutine *live_prev, *live_next; /* owner's started coroutines */
+    struct QLPyCoroutine *prev_current; /* Python coroutine current when we were entered */
+    QLCoQueue *joiners;         /* coroutines in join(), created on demand */
+    const char *blocked;        /* what it waits for inside the core, or NULL */
+    /* References the coroutine holds on itself.  `pins`: taken before it
+     * waits in the core (or by whoever scheduled it), so the object lives
+     * until it is woken; converted to `held` when it runs again.  `held`:
+     * dropped as soon as someone else holds a reference too; a coroutine that
+     * would yield with only `held` references left is garbage and is unwound
+     * in place (CoroutineExit). */
+    int pins;
+    int held;
+    unsigned char state;
+    unsigned char py_entering;  /* inside a Python-level enter() / kill */
+    unsigned char kill;         /* CoroutineExit requested */
+    unsigned char exc_taken;    /* enter() or join() already raised exc */
+    unsigned char immortal;     /* survived a kill: leaked on purpose */
+    size_t stack_size;
+    QLPyState own;              /* our state while switched out */
+    QLPyState caller;           /* the resumer's state while we run */
+    QLPyStray own_stray, caller_stray;
+    _PyErr_StackItem exc_item;  /* bottom of our handled-exception stack */
+} QLPyCoroutine;
+
+extern PyTypeObject QLPyCoroutine_Type;
+extern PyObject *qlpy_CoroutineExit;
+
+/* The running Python coroutine of this thread, or NULL. */
+QLPyCoroutine *qlpy_current(void);
+
+/* Around a wait in the core (lock, queue, sleep, join) by the running
+ * coroutine: begin checks that a Python coroutine is running and may switch
+ * (else -1 with RuntimeError naming `what`), and pins it; end un-pins. */
+QLPyCoroutine *qlpy_wait_begin(const char *what);
+void qlpy_wait_end(QLPyCoroutine *self);
+
+/* Raise the Python exception for a negative errno from the core coroutine
+ * API; `what` names the operation.  Returns NULL. */
+PyObject *qlpy_co_error(int err, const char *what);
+
+/* Release deferred references and unwind coroutines queued for killing. */
+void qlpy_coroutine_service(void);
+
+/* AioContext.co_schedule(co): run co in ctx's next poll (any thread). */
+PyObject *qlpy_co_schedule(QLContext *ctx, PyObject *co);
+
+int qlpy_colock_init(PyObject *m);
+int qlpy_coroutine_init(PyObject *m);
+
+#endif

@@ -1,0 +1,204 @@
+/* QEMU-style code compiled only through qloop/qemu-compat.h: BHs, timers
+ * with scales, fd handlers, event notifiers, the main loop, the BQL. */
+#include "qltest.h"
+#include "qloop/qemu-compat.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+typedef struct {
+    QEMUBH *bh;
+    int n;
+    int max;
+} BHTestData;
+
+typedef struct {
+    QEMUTimer *timer;
+    QEMUClockType clock_type;
+    int n;
+    int max;
+    int64_t ns;
+    AioContext *ctx;
+} TimerTestData;
+
+typedef struct {
+    int fd;
+    int n;
+} FdTestData;
+
+static void bh_test_cb(void *opaque)
+{
+    BHTestData *data = opaque;
+    if (++data->n < data->max) {
+        qemu_bh_schedule(data->bh);
+    }
+}
+
+static void timer_test_cb(void *opaque)
+{
+    TimerTestData *data = opaque;
+    if (++data->n < data->max) {
+        timer_mod(data->timer, qemu_clock_get_ns(data->clock_type) + data->ns);
+    }
+}
+
+static void fd_read_cb(void *opaque)
+{
+    FdTestData *data = opaque;
+    char buf[8];
+    while (read(data->fd, buf, sizeof buf) > 0) {
+    }
+    data->n++;
+}
+
+static void test_qemu_compat_bh_schedule10(void)
+{
+    AioContext *ctx = aio_context_new(NULL);
+    BHTestData data = {.n = 0, .max = 10};
+    data.bh = aio_bh_new(ctx, bh_test_cb, &data);
+    QL_CHECK(strcmp(ql_bh_name(data.bh), "bh_test_cb") == 0);
+    qemu_bh_schedule(data.bh);
+    QL_CHECK_EQ(data.n, 0);
+    QL_CHECK(aio_poll(ctx, false));
+    QL_CHECK_EQ(data.n, 1);
+    QL_CHECK(aio_poll(ctx, true));
+    QL_CHECK_EQ(data.n, 2);
+    while (data.n < 10) {
+        aio_poll(ctx, true);
+    }
+    QL_CHECK(!aio_poll(ctx, false));
+    qemu_bh_delete(data.bh);
+    aio_context_unref(ctx);
+}
+
+static void test_qemu_compat_bh_cancel_and_oneshot(void)
+{
+    AioContext *ctx = aio_context_new(NULL);
+    BHTestData data = {.max = 1};
+    data.bh = aio_bh_new(ctx, bh_test_cb, &data);
+    qemu_bh_schedule(data.bh);
+    qemu_bh_cancel(data.bh);
+    QL_CHECK(!aio_poll(ctx, false));
+    QL_CHECK_EQ(data.n, 0);
+    qemu_bh_delete(data.bh);
+    BHTestData one = {.max = 1};
+    aio_bh_schedule_oneshot(ctx, bh_test_cb, &one);
+    QL_CHECK(aio_poll(ctx, false));
+    QL_CHECK_EQ(one.n, 1);
+    aio_context_unref(ctx);
+}
+
+static void test_qemu_compat_timer_schedule_with_scale(void)
+{
+    AioContext *ctx = aio_context_new(NULL);
+    TimerTestData data = {.clock_type = QEMU_CLOCK_REALTIME, .max = 2, .ns = SCALE_MS, .ctx = ctx};
+    data.timer = aio_timer_new(ctx, data.clock_type, SCALE_NS, timer_test_cb, &data);
+    timer_mod(data.timer, qemu_clock_get_ns(data.clock_type) + data.ns);
+    QL_CHECK(timer_pending(data.timer));
+    while (data.n < 2) {
+        aio_poll(ctx, true);
+    }
+    QL_CHECK(!timer_pending(data.timer));
+    QL_CHECK_EQ((int64_t)timer_expire_time_ns(data.timer), -1);
+    timer_free(data.timer);
+
+    /* a millisecond-scale timer on the virtual clock */
+    TimerTestData ms = {.clock_type = QEMU_CLOCK_VIRTUAL, .max = 1};
+    ms.timer = aio_timer_new(ctx, QEMU_CLOCK_VIRTUAL, SCALE_MS, timer_test_cb, &ms);
+    timer_mod(ms.timer, 5);
+    QL_CHECK_EQ((int64_t)timer_expire_time_ns(ms.timer), 5 * SCALE_MS);
+    QL_CHECK(!timer_expired(ms.timer, 4));
+    QL_CHECK(timer_expired(ms.timer, 5));
+    timer_mod_anticipate(ms.timer, 9);
+    QL_CHECK_EQ((int64_t)timer_expire_time_ns(ms.timer), 5 * SCALE_MS);
+    ql_virtual_clock_advance(ctx, 5 * SCALE_MS);
+    QL_CHECK(aio_poll(ctx, false));
+    QL_CHECK_EQ(ms.n, 1);
+    timer_del(ms.timer);
+    timer_free(ms.timer);
+    aio_context_unref(ctx);
+}
+
+static int en_calls;
+static void en_handler(EventNotifier *e)
+{
+    if (event_notifier_test_and_clear(e)) {
+        en_calls++;
+    }
+}
+
+static void test_qemu_compat_fd_handler_and_event_notifier(void)
+{
+    AioContext *ctx = aio_context_new(NULL);
+    int p[2];
+    QL_CHECK_EQ(pipe2(p, O_NONBLOCK), 0);
+    FdTestData data = {.fd = p[0]};
+    aio_set_fd_handler(ctx, p[0], fd_read_cb, NULL, NULL, NULL, &data);
+    QL_CHECK(!aio_poll(ctx, false));
+    QL_CHECK_EQ(write(p[1], "x", 1), 1);
+    QL_CHECK(aio_poll(ctx, true));
+    QL_CHECK_EQ(data.n, 1);
+    aio_set_fd_handler(ctx, p[0], NULL, NULL, NULL, NULL, NULL);
+    close(p[0]);
+    close(p[1]);
+
+    EventNotifier e;
+    QL_CHECK_EQ(event_notifier_init(&e, false), 0);
+    aio_set_event_notifier(ctx, &e, en_handler, NULL, NULL);
+    event_notifier_set(&e);
+    QL_CHECK(aio_poll(ctx, true));
+    QL_CHECK_EQ(en_calls, 1);
+    QL_CHECK(!aio_poll(ctx, false));
+    aio_set_event_notifier(ctx, &e, NULL, NULL, NULL);
+    event_notifier_cleanup(&e);
+    aio_context_unref(ctx);
+}
+
+static void test_qemu_compat_main_loop(void)
+{
+    QL_CHECK_EQ(qemu_init_main_loop(NULL), 0);
+    BHTestData data = {.max = 1};
+    data.bh = qemu_bh_new(bh_test_cb, &data);
+    qemu_bh_schedule(data.bh);
+    main_loop_wait(false);
+    QL_CHECK_EQ(data.n, 1);
+    qemu_bh_delete(data.bh);
+
+    TimerTestData t = {.clock_type = QEMU_CLOCK_REALTIME, .max = 1};
+    t.timer = timer_new_ms(QEMU_CLOCK_REALTIME, timer_test_cb, &t);
+    timer_mod(t.timer, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + 1);
+    while (t.n == 0) {
+        main_loop_wait(false);
+    }
+    timer_free(t.timer);
+
+    int p[2];
+    QL_CHECK_EQ(pipe2(p, O_NONBLOCK), 0);
+    FdTestData fd = {.fd = p[0]};
+    qemu_set_fd_handler(p[0], fd_read_cb, NULL, &fd);
+    QL_CHECK_EQ(write(p[1], "x", 1), 1);
+    while (fd.n == 0) {
+        main_loop_wait(false);
+    }
+    qemu_set_fd_handler(p[0], NULL, NULL, NULL);
+    close(p[0]);
+    close(p[1]);
+
+    qemu_notify_event();
+    QL_CHECK_EQ(main_loop_wait(false), 1);
+
+    bql_lock();
+    QL_CHECK(bql_locked());
+    QL_CHECK(qemu_mutex_iothread_locked());
+    main_loop_wait(true);
+    bql_unlock();
+    QL_CHECK(!bql_locked());
+    QL_CHECK(qemu_get_aio_context() == qemu_get_current_aio_context());
+    ql_main_loop_cleanup();
+}
+
+QLTEST_MAIN(QLT(test_qemu_compat_bh_schedule10),
+            QLT(test_qemu_compat_bh_cancel_and_oneshot),
+            QLT(test_qemu_compat_timer_schedule_with_scale),
+            QLT(test_qemu_compat_fd_handler_and_event_notifier),
+            QLT(test_qemu_compat_main_loop))
