@@ -4,6 +4,12 @@
  * ql_context_prepare / ql_context_check) and csrc/bh.c (bh_enqueue,
  * bh_take_list, ql__bh_poll, ql__bh_timeout).
  *
+ * Also modelled: bh_enqueue skips its notify when `notified` is already set
+ * (read after the push), notify_accept() does nothing when the notifier was
+ * not drained and neither `notified` nor `kicked` is set, and the take of
+ * an empty bh_list is a plain load (all as on main since the thread pool
+ * merge).
+ *
  * Processes
  *   poller      the home thread: blocking polls, non-blocking polls and
  *               GSource-style prepare / host wait / check / dispatch rounds
@@ -35,6 +41,8 @@
  *                            `notified` is visible (no fence in notify)
  *   -DBROKEN_POLLER_ORDER    the poller reads `notified` before it publishes
  *                            notify_me += 2 (no fence in the poller)
+ *   -DBROKEN_SKIP_CHECK_FIRST bh_enqueue reads `notified` (to skip its notify)
+ *                            before its push is visible, instead of after
  *   -DBROKEN_ACCEPT_EARLY    the blocking poll accepts (resets `notified` and
  *                            `kicked`) before it drains the notifier, so a
  *                            write made in between is drained while
@@ -68,6 +76,10 @@ bool decided[NBH];         /* the scheduler that linked it finished its
                             * notify (or needs none: home thread) */
 byte inflight = 0;         /* notifiers that won `kicked` and have not
                             * written the notifier yet */
+byte notifying = 0;        /* notifiers that stored `notified` and have not
+                            * made their final decision yet: each either
+                            * sees notify_me (and wakes the poller) or its
+                            * store was seen by the poller's check */
 byte sched_done = 0;
 bool poller_sleeping = false;
 
@@ -85,7 +97,7 @@ bool poller_sleeping = false;
 #define ASSERT_NO_SLEEP_WITH_PENDING skip    /* check P2 on its own */
 #else
 #define ASSERT_NO_SLEEP_WITH_PENDING \
-    assert(!ANY_PENDING_DECIDED || notifier > 0 || inflight > 0)
+    assert(!ANY_PENDING_DECIDED || notifier > 0 || inflight > 0 || notifying > 0)
 #endif
 
 /* Ghost: the notify for BH b (scheduled when runs[b] was ep) has reached
@@ -97,6 +109,12 @@ inline mark(b, ep) {
     fi
 }
 
+/* mark() at the end of a notify that had stored `notified` */
+inline finish(b, ep) {
+    mark(b, ep);
+    notifying--
+}
+
 /* ql_context_notify(): notified = true; fence; if notify_me != 0 and the
  * exchange on kicked returned false: write the notifier.  b/ep: the BH this
  * notify is for (NBH: none). */
@@ -105,18 +123,19 @@ inline notify(b, ep, snap) {
     snap = notify_me;      /* the load overtakes the buffered store */
     atomic {
         notified = true;
+        notifying++;
         if
-        :: snap == 0 -> mark(b, ep)
+        :: snap == 0 -> finish(b, ep)
         :: else -> skip
         fi
     }
 #else
-    notified = true;
+    d_step { notified = true; notifying++ }
     /* __atomic_thread_fence(__ATOMIC_SEQ_CST) */
     atomic {
         snap = notify_me;
         if
-        :: snap == 0 -> mark(b, ep)
+        :: snap == 0 -> finish(b, ep)
         :: else -> skip
         fi
     }
@@ -125,8 +144,8 @@ inline notify(b, ep, snap) {
     :: snap != 0 ->
         atomic {
             if
-            :: !kicked -> kicked = true; inflight++
-            :: else -> snap = 0; mark(b, ep)  /* someone else's write is coming */
+            :: !kicked -> kicked = true; inflight++; notifying--
+            :: else -> snap = 0; finish(b, ep)  /* someone else's write is coming */
             fi
         }
         if
@@ -152,12 +171,37 @@ inline schedule_remote(b, snap, old_pending, old_sched, ep) {
         :: else -> skip
         fi
     }
+#ifndef BROKEN_SKIP_CHECK_FIRST
     if
     :: !old_pending -> listed[b] = true   /* bh_push: CAS on bh_list */
     :: else -> skip
     fi;
+#endif
+#ifdef BROKEN_SKIP_CHECK_FIRST
+    /* broken: `notified` is read before the push is visible */
+    atomic { snap = notified; }
     if
-    :: !old_sched -> notify(b, ep, snap)
+    :: !old_pending -> listed[b] = true
+    :: else -> skip
+    fi;
+#endif
+    if
+    :: !old_sched ->
+        /* a context already notified needs no second wakeup: the push
+         * (seq_cst RMW) precedes this seq_cst load of `notified` */
+        atomic {
+#ifndef BROKEN_SKIP_CHECK_FIRST
+            snap = notified;
+#endif
+            if
+            :: snap -> mark(b, ep)
+            :: else -> skip
+            fi
+        }
+        if
+        :: !snap -> notify(b, ep, snap)
+        :: else -> skip
+        fi
     :: else -> skip        /* the first scheduler notifies */
     fi
 }
@@ -178,8 +222,12 @@ proctype kicker()
 
 /* The home thread's side ------------------------------------------------ */
 
-/* ql__bh_timeout() != 0: no scheduled BH linked anywhere. */
-#define BH_TIMEOUT_NONZERO (!ANY_SCHEDULED)
+/* ql__bh_timeout() != 0: no scheduled BH linked anywhere (it scans the
+ * list: a BH whose SCHEDULED bit is set but whose push has not happened yet
+ * is not seen). */
+#define BH_TIMEOUT_NONZERO \
+    (!((listed[0] && scheduled[0]) || (listed[1] && scheduled[1]) || \
+       (listed[2] && scheduled[2]) || (listed[3] && scheduled[3])))
 
 /* ql__bh_poll(): take bh_list (one exchange), then dequeue each BH (fetch_and
  * clearing PENDING|SCHEDULED) and run it if it was scheduled.  BH 0's
@@ -222,13 +270,33 @@ inline bh_poll(i) {
     }
 }
 
-/* notify_accept(): notified = false; kicked = false; fence. */
-#define ACCEPT  d_step { notified = false; kicked = false }
+/* notify_accept(ctx, drained): unless the notifier was just drained, a
+ * context with neither `notified` nor `kicked` set is left alone (two
+ * relaxed loads, no store, no fence); otherwise notified = false;
+ * kicked = false; fence. */
+#define ACCEPT_ALWAYS  d_step { notified = false; kicked = false }
+inline accept(drained, n) {
+    if
+    :: drained -> ACCEPT_ALWAYS
+    :: else ->
+        n = notified;
+        if
+        :: n -> ACCEPT_ALWAYS
+        :: else ->
+            n = kicked;
+            if
+            :: n -> ACCEPT_ALWAYS
+            :: else -> skip
+            fi
+        fi
+    fi;
+    n = false
+}
 
 /* Drain the notifier if the monitor reported it (process_events). */
-inline drain(reported) {
+inline drain(reported, drained) {
     if
-    :: reported -> notifier = 0; reported = false
+    :: reported -> notifier = 0; reported = false; drained = true
     :: else -> skip
     fi
 }
@@ -250,7 +318,7 @@ inline sleep_on_notifier(reported) {
 proctype poller()
 {
     byte i;
-    bool tmo, reported = false;
+    bool tmo, reported = false, drained = false, n = false;
 
     do
     :: sched_done == NSCHED && !ANY_SCHEDULED && ALL_RAN -> break
@@ -290,20 +358,20 @@ proctype poller()
                 fi
             fi;
 #ifdef BROKEN_ACCEPT_EARLY
-            ACCEPT;         /* clears kicked while a write may be undrained */
-            drain(reported);
+            ACCEPT_ALWAYS;  /* clears kicked while a write may be undrained */
+            drain(reported, drained);
             if
             :: tmo -> notify_me = notify_me - 2
             :: else -> skip
             fi;
 #else
-            drain(reported);
+            drain(reported, drained);
             if
             :: tmo -> notify_me = notify_me - 2
             :: else -> skip
             fi;
             /* 3. accept */
-            ACCEPT;
+            accept(drained, n);
 #endif
             /* 4. dispatch */
             bh_poll(i)
@@ -314,8 +382,8 @@ proctype poller()
             :: notifier > 0 -> reported = true
             :: skip         /* no user fds: the monitor is not asked */
             fi;
-            drain(reported);
-            ACCEPT;
+            drain(reported, drained);
+            accept(drained, n);
             bh_poll(i)
 
         :: true ->
@@ -333,21 +401,22 @@ proctype poller()
             /* ql_context_check(): notify_me &= ~1; drain (fds_ready); accept */
             notify_me = notify_me & 254;
             if
-            :: notifier > 0 -> notifier = 0
+            :: notifier > 0 -> notifier = 0; drained = true
             :: else -> skip
             fi;
             reported = false;
-            ACCEPT;
+            accept(drained, n);
+            drained = false;
             /* ql_context_dispatch() == context_poll(ctx, false) */
             if
             :: notifier > 0 -> reported = true
             :: skip
             fi;
-            drain(reported);
-            ACCEPT;
+            drain(reported, drained);
+            accept(drained, n);
             bh_poll(i)
         fi;
-        atomic { i = 0; tmo = false; reported = false }
+        atomic { i = 0; tmo = false; reported = false; drained = false }
     od;
     assert(ALL_RAN);
 end_forever:
