@@ -312,6 +312,115 @@ static void m_arm(int i, int64_t expire)
     mtimer[i].seq = mseq++;
 }
 
+/* ---- coroutines contending for one CoMutex -------------------------------------
+ * Each coroutine runs up to 3 critical sections (lock, yield `held` times,
+ * unlock, yield `after` times).  The script enters suspended coroutines in
+ * any order; a waiter is never entered by hand (the unlock that hands it
+ * the mutex wakes it).  Checked: mutual exclusion, FIFO hand-off in lock()
+ * call order, ql_co_mutex_locked(), and at the end every coroutine finishes. */
+
+#define NCO 6
+enum { CO_FREE, CO_SUSPENDED, CO_WAITING, CO_RUNNING, CO_DONE };
+
+typedef struct FCo {
+    QLCoroutine *co;
+    int state;
+    int nsec;
+    uint8_t held[3], after[3];
+} FCo;
+
+static FCo fco[NCO];
+static int nco;
+static QLCoMutex *fmutex;
+static int fholder = -1;
+static int want_order[NCO * 3], got_order[NCO * 3];
+static int nwant, ngot;
+
+static void co_entry(void *opaque)
+{
+    FCo *c = opaque;
+    int id = (int)(c - fco);
+    for (int s = 0; s < c->nsec; s++) {
+        want_order[nwant++] = id;
+        c->state = CO_WAITING;
+        if (ql_co_mutex_lock(fmutex) < 0) {
+            FAIL("co_mutex_lock");
+        }
+        c->state = CO_RUNNING;
+        if (fholder != -1) {
+            FAIL("coroutine %d acquired the CoMutex held by %d", id, fholder);
+        }
+        fholder = id;
+        got_order[ngot++] = id;
+        for (int k = 0; k < c->held[s]; k++) {
+            c->state = CO_SUSPENDED;
+            ql_coroutine_yield();
+            c->state = CO_RUNNING;
+        }
+        fholder = -1;
+        if (ql_co_mutex_unlock(fmutex) < 0) {
+            FAIL("co_mutex_unlock");
+        }
+        for (int k = 0; k < c->after[s]; k++) {
+            c->state = CO_SUSPENDED;
+            ql_coroutine_yield();
+            c->state = CO_RUNNING;
+        }
+    }
+    c->state = CO_DONE;
+}
+
+static void co_check(void)
+{
+    for (int i = 0; i < ngot; i++) {
+        if (got_order[i] != want_order[i]) {
+            FAIL("CoMutex acquired out of lock() order at %d: %d, expected %d", i,
+                 got_order[i], want_order[i]);
+        }
+    }
+    if (ql_co_mutex_locked(fmutex) != (fholder != -1)) {
+        FAIL("ql_co_mutex_locked() = %d, model holder %d", ql_co_mutex_locked(fmutex), fholder);
+    }
+}
+
+static void co_enter(int i)
+{
+    if (fco[i].state != CO_SUSPENDED) {
+        return;
+    }
+    int r = ql_coroutine_enter(fco[i].co);
+    if (r < 0) {
+        FAIL("ql_coroutine_enter(%d) = %d", i, r);
+    }
+    co_check();
+}
+
+static void co_finish_all(void)
+{
+    for (int round = 0; round < 1000; round++) {
+        int any = 0;
+        for (int i = 0; i < nco; i++) {
+            if (fco[i].state == CO_SUSPENDED) {
+                co_enter(i);
+                any = 1;
+            }
+        }
+        if (!any) {
+            break;
+        }
+    }
+    for (int i = 0; i < nco; i++) {
+        if (fco[i].state != CO_DONE) {
+            FAIL("coroutine %d never finished (state %d): lost CoMutex hand-off", i,
+                 fco[i].state);
+        }
+    }
+    if (ngot != nwant || ql_co_mutex_locked(fmutex)) {
+        FAIL("CoMutex: %d lock() calls, %d acquisitions, locked %d", nwant, ngot,
+             ql_co_mutex_locked(fmutex));
+    }
+}
+
 /* ---- driver ----------------------------------------------------------------- */
 
 static void compare_logs(const char *what)
@@ -376,6 +485,13 @@ static void setup(void)
     }
     nlinked = 0;
     ready_head = ready_tail = 0;
+    memset(fco, 0, sizeof fco);
+    nco = nwant = ngot = 0;
+    fholder = -1;
+    fmutex = ql_co_mutex_new();
+    if (!fmutex) {
+        FAIL("ql_co_mutex_new");
+    }
     mseq = 0;
     mnow = ql_clock_get_ns(ctx, QL_CLOCK_VIRTUAL);
     real_log.n = model_log.n = 0;
@@ -385,6 +501,8 @@ static void setup(void)
 
 static void teardown(void)
 {
+    co_finish_all();
+    ql_co_mutex_free(fmutex);
     for (int i = 0; i < NTIMER; i++) {
         if (timers[i]) {
             ql_timer_free(timers[i]);
@@ -443,7 +561,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int ops = 0;
 #define NEXT() (pos < size ? data[pos++] : 0)
     while (pos < size && ops++ < MAXOPS) {
-        uint8_t op = NEXT() % 20;
+        uint8_t op = NEXT() % 23;
         uint8_t arg = NEXT();
         int s = arg % NBH, t = arg % NTIMER, p = arg % NPIPE;
         switch (op) {
@@ -581,6 +699,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         case 19: /* ql_context_notify alone: no callback runs */
             ql_context_notify(ctx);
+            break;
+        case 20: /* a coroutine with up to 3 critical sections from arg */
+            if (nco < NCO) {
+                FCo *c = &fco[nco];
+                c->nsec = 1 + arg % 3;
+                for (int k = 0; k < c->nsec; k++) {
+                    uint8_t b = NEXT();
+                    c->held[k] = b % 3;
+                    c->after[k] = (b / 3) % 2;
+                }
+                c->co = ql_coroutine_create(co_entry, c);
+                if (!c->co) {
+                    FAIL("ql_coroutine_create");
+                }
+                c->state = CO_SUSPENDED; /* not started: enterable */
+                nco++;
+            }
+            break;
+        case 21:
+        case 22:
+            if (nco > 0) {
+                co_enter(arg % nco);
+            }
             break;
         }
         check_state();

@@ -13,6 +13,7 @@ OUT = os.path.join(HERE, "corpus")
 NEW_BH, SCHED, SCHED_IDLE, CANCEL, DELETE, ONESHOT = 0, 1, 2, 3, 4, 5
 NEW_TIMER, MOD, ANTICIPATE, MOD_IN, TDEL, TFREE, ADVANCE = 6, 7, 8, 9, 10, 11, 12
 POLL, POLL_BLOCKING, SET_FD, WRITE_FD, DEL_FD, NOTIFY = 13, 15, 16, 17, 18, 19
+CO_NEW, CO_ENTER = 20, 21   # CO_NEW, nsections-1, one byte per section (held % 3, after)
 
 
 def new_bh(slot, target=None, nested=False):
@@ -49,6 +50,11 @@ SEEDS = {
     "fds-nested": [SET_FD, 0, WRITE_FD, 0] + new_bh(0, nested=True) + [SCHED, 0, POLL, 0],
     "notify": [NOTIFY, 0, POLL, 0, NOTIFY, 0] + new_bh(5) + [SCHED, 5, NOTIFY, 0,
                                                             POLL_BLOCKING, 0],
+    "comutex-contended": [CO_NEW, 0, 2, CO_NEW, 1, 1, 3, CO_NEW, 0, 0,
+                          CO_ENTER, 0, CO_ENTER, 1, CO_ENTER, 2, CO_ENTER, 0, CO_ENTER, 0,
+                          CO_ENTER, 1],
+    "comutex-with-bhs": new_bh(0) + [CO_NEW, 2, 1, 4, 2, SCHED, 0, CO_ENTER, 0, POLL, 0,
+                                     CO_NEW, 0, 0, CO_ENTER, 1, CO_ENTER, 0, POLL, 0],
     "mixed": new_bh(0, target=1) + new_bh(1, nested=True) + [
         NEW_TIMER, 0, MOD, 0, 0, SET_FD, 0, WRITE_FD, 0, SCHED, 0, ONESHOT, 0,
         POLL, 0, ADVANCE, 1, POLL, 0, DELETE, 1, POLL, 0],
