@@ -44,6 +44,22 @@ def pipe_nonblocking():
     return r, w
 
 
+# Hypothesis profiles: "ci" (default) keeps every state machine to a few
+# seconds; QLOOP_HYPOTHESIS_PROFILE=long explores much more.
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "ci", max_examples=60, stateful_step_count=30, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile(
+        "long", max_examples=3000, stateful_step_count=100, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("QLOOP_HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is in the test extra only
+    pass
+
+
 # Under ci/sanitize the interpreter runs with libasan preloaded: its
 # quarantine keeps freed memory resident, so RSS-based checks say nothing.
 SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")

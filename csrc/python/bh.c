@@ -234,6 +234,19 @@ static void bh_dealloc(BHObject *self)
     PyObject_GC_Del(self);
 }
 
+int qlpy_bh_traverse_pending(ContextObject *ctx, visitproc visit, void *arg)
+{
+    /* The reference a scheduled BH's pending entry holds belongs to the
+     * context: report it, so that a context dropped with scheduled BHs
+     * (BH -> context -> pending BH) is a cycle the collector can see. */
+    for (BHObject *b = ctx->bhs; b; b = b->next) {
+        if (b->pending_ref) {
+            Py_VISIT(b);
+        }
+    }
+    return 0;
+}
+
 void qlpy_bh_detach_all(ContextObject *ctx)
 {
     while (ctx->bhs) {

@@ -200,7 +200,8 @@ static int context_traverse(ContextObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->fd_handlers);
     Py_VISIT(self->graveyard);
-    return 0;
+    int r = qlpy_bh_traverse_pending(self, visit, arg);
+    return r ? r : qlpy_timer_traverse_armed(self, visit, arg);
 }
 
 static int context_clear(ContextObject *self)

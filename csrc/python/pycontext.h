@@ -102,6 +102,11 @@ int qlpy_timer_register(PyObject *module);
 void qlpy_bh_detach_all(ContextObject *ctx);
 void qlpy_timer_detach_all(ContextObject *ctx);
 
+/* tp_traverse helpers: visit the BH objects whose reference the pending list
+ * holds and the Timer objects whose reference the timer list holds. */
+int qlpy_bh_traverse_pending(ContextObject *ctx, visitproc visit, void *arg);
+int qlpy_timer_traverse_armed(ContextObject *ctx, visitproc visit, void *arg);
+
 /* schedule_oneshot(cb, *args) implementation (METH_FASTCALL). */
 PyObject *qlpy_context_schedule_oneshot(ContextObject *self, PyObject *const *args,
                                         Py_ssize_t nargs);

@@ -288,6 +288,17 @@ static void timer_dealloc(TimerObject *self)
     PyObject_GC_Del(self);
 }
 
+int qlpy_timer_traverse_armed(ContextObject *ctx, visitproc visit, void *arg)
+{
+    /* An armed timer's reference belongs to the context (its timer list). */
+    for (TimerObject *t = ctx->timers; t; t = t->next) {
+        if (t->armed_ref) {
+            Py_VISIT(t);
+        }
+    }
+    return 0;
+}
+
 void qlpy_timer_detach_all(ContextObject *ctx)
 {
     while (ctx->timers) {

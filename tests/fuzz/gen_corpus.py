@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Write the seed corpus for fuzz_context (tests/fuzz/corpus/).
+
+Each seed is a small script in the harness's byte language (see
+fuzz_context.c: pairs of (op % 20, argument), some ops read one more byte).
+Run: python3 tests/fuzz/gen_corpus.py  (rewrites the seeds deterministically)
+"""
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "corpus")
+
+NEW_BH, SCHED, SCHED_IDLE, CANCEL, DELETE, ONESHOT = 0, 1, 2, 3, 4, 5
+NEW_TIMER, MOD, ANTICIPATE, MOD_IN, TDEL, TFREE, ADVANCE = 6, 7, 8, 9, 10, 11, 12
+POLL, POLL_BLOCKING, SET_FD, WRITE_FD, DEL_FD, NOTIFY = 13, 15, 16, 17, 18, 19
+CO_NEW, CO_ENTER = 20, 21   # CO_NEW, nsections-1, one byte per section (held % 3, after)
+
+
+def new_bh(slot, target=None, nested=False):
+    b = 0
+    if target is not None:
+        b |= 8 | 0  # target = b % 8: encode below
+        b = (b & ~7) | target
+    if nested:
+        b |= 16
+    return [NEW_BH, slot, b]
+
+
+SEEDS = {
+    "bh-fifo": new_bh(0) + new_bh(1) + new_bh(2) + [SCHED, 2, SCHED, 0, SCHED, 1, POLL, 0],
+    "bh-cancel-keeps-place": new_bh(0) + new_bh(1) + [SCHED, 0, SCHED, 1, CANCEL, 0,
+                                                      SCHED, 0, POLL, 0],
+    "bh-idle": new_bh(0) + new_bh(1) + [SCHED_IDLE, 0, POLL, 0, SCHED_IDLE, 1,
+                                        SCHED, 1, POLL, 0],
+    "bh-delete": new_bh(0) + [SCHED, 0, DELETE, 0, POLL, 0] + new_bh(0) + [SCHED, 0, POLL, 0],
+    "bh-chain": new_bh(0) + new_bh(1, target=0) + [SCHED, 1, POLL, 0, POLL, 0, POLL, 0],
+    "bh-in-batch": new_bh(0) + new_bh(1) + new_bh(2, target=1) + [
+        SCHED, 2, SCHED, 1, CANCEL, 1, POLL, 0],
+    "bh-nested": new_bh(0, nested=True) + new_bh(1) + new_bh(2, target=1) + [
+        SCHED, 0, SCHED, 2, ONESHOT, 0, POLL, 0, POLL, 0],
+    "oneshots": [ONESHOT, 0, ONESHOT, 0] + new_bh(3) + [SCHED, 3, ONESHOT, 0, POLL_BLOCKING, 0],
+    "timers-order": [NEW_TIMER, 0, NEW_TIMER, 1, NEW_TIMER, 2, MOD, 0, 5, MOD, 1, 5,
+                     MOD, 2, 3, ADVANCE, 20, POLL, 0],
+    "timers-anticipate": [NEW_TIMER, 0, MOD, 0, 50, ANTICIPATE, 0, 10, ANTICIPATE, 0, 90,
+                          ADVANCE, 30, POLL, 0, TDEL, 0, MOD_IN, 0, 0, POLL, 0, TFREE, 0],
+    "timers-past": [NEW_TIMER, 1, MOD, 1, 0xF0, POLL, 0, MOD_IN, 1, 3, ADVANCE, 255,
+                    POLL_BLOCKING, 0],
+    "fds": [SET_FD, 0, SET_FD, 1, WRITE_FD, 0, WRITE_FD, 1, WRITE_FD, 2, POLL, 0,
+            SET_FD, 2, POLL, 0, DEL_FD, 1, WRITE_FD, 1, POLL, 0],
+    "fds-nested": [SET_FD, 0, WRITE_FD, 0] + new_bh(0, nested=True) + [SCHED, 0, POLL, 0],
+    "notify": [NOTIFY, 0, POLL, 0, NOTIFY, 0] + new_bh(5) + [SCHED, 5, NOTIFY, 0,
+                                                            POLL_BLOCKING, 0],
+    "comutex-contended": [CO_NEW, 0, 2, CO_NEW, 1, 1, 3, CO_NEW, 0, 0,
+                          CO_ENTER, 0, CO_ENTER, 1, CO_ENTER, 2, CO_ENTER, 0, CO_ENTER, 0,
+                          CO_ENTER, 1],
+    "comutex-with-bhs": new_bh(0) + [CO_NEW, 2, 1, 4, 2, SCHED, 0, CO_ENTER, 0, POLL, 0,
+                                     CO_NEW, 0, 0, CO_ENTER, 1, CO_ENTER, 0, POLL, 0],
+    "mixed": new_bh(0, target=1) + new_bh(1, nested=True) + [
+        NEW_TIMER, 0, MOD, 0, 0, SET_FD, 0, WRITE_FD, 0, SCHED, 0, ONESHOT, 0,
+        POLL, 0, ADVANCE, 1, POLL, 0, DELETE, 1, POLL, 0],
+}
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    for name, ops in SEEDS.items():
+        with open(os.path.join(OUT, name), "wb") as f:
+            f.write(bytes(b & 0xFF for b in ops))
+    print("wrote %d seeds to %s" % (len(SEEDS), OUT))
+
+
+if __name__ == "__main__":
+    main()

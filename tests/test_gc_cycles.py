@@ -1,0 +1,37 @@
+"""The cycle collector sees the references a context's C lists hold."""
+import gc
+import os
+
+import pytest
+
+import qloop
+from qloop import CLOCK_VIRTUAL
+
+
+def _fds():
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+
+
+@pytest.mark.parametrize("what", ["scheduled-bh", "armed-timer", "both"])
+def test_context_dropped_with_scheduled_bh_or_armed_timer_is_collected(what):
+    """Regression: the pending list's reference to a scheduled BH (and the
+    timer list's to an armed Timer) was invisible to the cycle collector, so
+    a context dropped without close() with a scheduled BH or armed timer
+    (BH -> context -> pending BH) leaked the context, its objects and its
+    fds (eventfd + epoll fd)."""
+    import weakref
+
+    gc.collect()
+    fds0 = _fds()
+    refs = []
+    for _ in range(50):
+        c = qloop.AioContext()
+        if what in ("scheduled-bh", "both"):
+            c.bh(lambda: None).schedule()
+        if what in ("armed-timer", "both"):
+            c.timer(lambda: None, clock=CLOCK_VIRTUAL).mod_in(10)
+        refs.append(weakref.ref(c))
+        del c
+    gc.collect()
+    assert [r for r in refs if r() is not None] == []
+    assert _fds() <= fds0
