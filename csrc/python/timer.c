@@ -8,11 +8,10 @@
  * The QLTimer lives in the same allocation, after the TimerObject fields
  * (ql_timer_init; tp_basicsize is set at registration).
  *
- * The cyclic GC does not track an armed timer: the reference held for the
- * armed state is one the collector cannot see, so nothing reachable from an
- * armed timer could be collected anyway, and 200k armed timers would
- * otherwise be walked by every full collection.  It is tracked again as
- * soon as it is disarmed (fired, cancelled, context closed).
+ * The reference held for the armed state is reported to the cyclic GC by the
+ * context (qlpy_timer_traverse_armed), so a context dropped with armed timers
+ * -- a cycle through timer->ctx -- is still collected.  Armed timers therefore
+ * stay GC-tracked.
  */
 #include "pycontext.h"
 
@@ -44,13 +43,9 @@ static inline QLTimer *timer_storage(TimerObject *self)
     return (QLTimer *)((char *)self + TIMER_STORAGE_OFFSET);
 }
 
-/* The armed reference is gone: the collector may look at us again. */
 static inline void drop_armed_state(TimerObject *self)
 {
     self->armed_ref = 0;
-    if (!PyObject_GC_IsTracked((PyObject *)self)) {
-        PyObject_GC_Track(self);
-    }
 }
 
 static void timer_fire(void *opaque)
@@ -174,7 +169,6 @@ static void take_armed_ref(TimerObject *self)
     if (!self->armed_ref) {
         self->armed_ref = 1;
         Py_INCREF(self);
-        PyObject_GC_UnTrack(self); /* see the top of the file */
     }
 }
 
