@@ -158,7 +158,8 @@ static void context_shutdown(ContextObject *self)
     }
     if (self->owned) {
         self->ctx = NULL; /* the dequeue hooks run by ql_context_free see it closed */
-        ql_context_free(ctx);
+        ql_context_free(ctx); /* shuts down the pools delivering here */
+        qlpy_threadpool_release_parked();
     } else {
         self->ctx = NULL;
     }
@@ -248,6 +249,7 @@ PyObject *qlpy_leave_dispatch(ContextObject *self, DispatchFrame *f, int ret)
     /* Release what coroutines that finished on their own stacks left behind,
      * and unwind coroutines dropped by other threads. */
     qlpy_coroutine_service();
+    qlpy_threadpool_release_parked();
     if (--self->dispatch_depth == 0 && self->graveyard && PyList_GET_SIZE(self->graveyard)) {
         PyList_SetSlice(self->graveyard, 0, PyList_GET_SIZE(self->graveyard), NULL);
     }

@@ -85,6 +85,12 @@ int qlpy_mainloop_register(PyObject *module);
  * run_forever() (the context is notified so the wait returns at once). */
 void qlpy_signals_before_sleep(void);
 
+/* Let go of ThreadPool objects whose last reference was dropped by one of
+ * their own completions (see threadpool.c).  Call after every call into
+ * libqloop that may run completions, once it has returned.  Keeps a pending
+ * exception. */
+void qlpy_threadpool_release_parked(void);
+
 /* -errno -> OSError (returns NULL); the same conversion as qloop._errors. */
 PyObject *qlpy_raise_errno(int neg_errno);
 

@@ -1,0 +1,74 @@
+"""Object lifetimes across the C boundary: nothing libqloop still points at
+may be freed under it.
+
+A use-after-free rarely crashes on its own, so each scenario runs in a child
+interpreter whose allocator poisons freed memory (glibc: no per-thread cache,
+MALLOC_PERTURB_); under ci/sanitize the child inherits the AddressSanitizer
+preload instead and reports the bad access itself.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_isolated(code, timeout=120):
+    env = dict(os.environ)
+    env["GLIBC_TUNABLES"] = "glibc.malloc.tcache_count=0"
+    env["MALLOC_PERTURB_"] = "165"
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=HERE, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, "child failed (rc=%d)\n%s\n%s" % (p.returncode, p.stdout,
+                                                               p.stderr[-4000:])
+    return p.stdout
+
+
+def test_pool_dropped_by_its_last_completion():
+    # Neither the pool nor the request is kept: the completion drops the
+    # request's reference, the request was the last holder of the pool.
+    out = run_isolated("""
+        import gc, weakref, qloop
+        ctx = qloop.AioContext()
+        done = []
+        refs = []
+        for i in range(50):
+            p = qloop.ThreadPool(context=ctx)
+            refs.append(weakref.ref(p))
+            p.submit(lambda: i, callback=lambda r: done.append(r.result()))
+            del p
+            while len(done) <= i:
+                ctx.poll()
+        assert done == list(range(50)), done
+        assert all(r() is None for r in refs)
+        ctx.close()
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_pool_dropped_by_completion_run_from_context_close():
+    # ctx.close() shuts down the pools delivering into it and runs their
+    # outstanding completions; the last one drops the pool.
+    out = run_isolated("""
+        import threading, qloop
+        for i in range(20):
+            ctx = qloop.AioContext()
+            release = threading.Event()
+            started = threading.Event()
+            seen = []
+            def work():
+                started.set()
+                release.wait()
+                return 7
+            p = qloop.ThreadPool(context=ctx)
+            p.submit(work, callback=lambda r: seen.append(r.result()))
+            del p
+            started.wait()
+            threading.Timer(0.01, release.set).start()
+            ctx.close()
+            assert seen == [7], seen
+        print("ok")
+    """)
+    assert out.strip() == "ok"
