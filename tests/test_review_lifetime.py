@@ -72,3 +72,47 @@ def test_pool_dropped_by_completion_run_from_context_close():
         print("ok")
     """)
     assert out.strip() == "ok"
+
+
+# ---- exceptions are raised, never printed -------------------------------
+
+import pytest
+
+import qloop
+
+
+@pytest.fixture
+def unraisable(monkeypatch):
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+    return seen
+
+
+def test_flush_stops_asking_once_a_flush_callback_raised(unraisable):
+    ctx = qloop.AioContext()
+    ra, wa = os.pipe()
+    rb, wb = os.pipe()
+    try:
+        calls = {"a": 0, "b": 0}
+
+        def flush_a():
+            calls["a"] += 1
+            raise KeyError("flush a")
+
+        def flush_b():
+            # busy the first time: without the fix flush() polls, asks a
+            # again, and the second KeyError went to sys.unraisablehook
+            calls["b"] += 1
+            return calls["b"] == 1
+
+        os.write(wb, b"x")
+        ctx.set_fd_handler(ra, read=lambda: None, flush=flush_a)
+        ctx.set_fd_handler(rb, read=lambda: os.read(rb, 1), flush=flush_b)
+        with pytest.raises(KeyError, match="flush a"):
+            ctx.flush()
+        assert unraisable == []
+        assert calls["a"] == 1
+    finally:
+        ctx.close()
+        for fd in (ra, wa, rb, wb):
+            os.close(fd)

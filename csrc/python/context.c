@@ -646,7 +646,10 @@ static void fd_write_cb(void *opaque)
 static bool fd_flush_cb(void *opaque)
 {
     FdRecord *r = opaque;
-    if (!r->flush) {
+    if (!r->flush || qlpy_callback_exception_pending(r->ctx)) {
+        /* After a callback raised, flush() is over (it raises that): do not
+         * ask again, nor poll for requests to finish, nor let a second
+         * exception in that the dispatch could not raise. */
         return false;
     }
     PyObject *res = PyObject_CallNoArgs(r->flush);

@@ -46,11 +46,12 @@ void qlpy_restore_exception(PyObject *exc)
 #endif
 }
 
-static void defer(ContextObject *ctx, PyObject *exc)
+/* The dispatch that raises what a callback of ctx (NULL: no context) raises:
+ * the innermost one of that very context, else the innermost one. */
+static DispatchFrame *frame_for(ContextObject *ctx)
 {
     DispatchFrame *f = qlpy_top_frame;
     if (ctx) {
-        /* the innermost dispatch of that very context, if any */
         DispatchFrame *g = f;
         while (g && g->ctx != ctx) {
             g = g->prev;
@@ -59,6 +60,18 @@ static void defer(ContextObject *ctx, PyObject *exc)
             f = g;
         }
     }
+    return f;
+}
+
+int qlpy_callback_exception_pending(ContextObject *ctx)
+{
+    DispatchFrame *f = frame_for(ctx);
+    return f && f->exc;
+}
+
+static void defer(ContextObject *ctx, PyObject *exc)
+{
+    DispatchFrame *f = frame_for(ctx);
     if (!f) {
         /* Nobody in Python will see it: report it rather than swallow it. */
         qlpy_restore_exception(exc);

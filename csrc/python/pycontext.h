@@ -56,6 +56,10 @@ extern PyTypeObject QLPy_TimerType;
  * after the current callback.  Clears the error indicator. */
 void qlpy_callback_failed(ContextObject *ctx);
 
+/* 1 if a callback of ctx already raised in the dispatch that would raise
+ * the next one (see qlpy_callback_failed): that dispatch is ending. */
+int qlpy_callback_exception_pending(ContextObject *ctx);
+
 /* Call cb(*args); args is NULL or a tuple.  On exception, qlpy_callback_failed. */
 void qlpy_call_callback(ContextObject *ctx, PyObject *cb, PyObject *args);
 
