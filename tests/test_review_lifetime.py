@@ -116,3 +116,39 @@ def test_flush_stops_asking_once_a_flush_callback_raised(unraisable):
         ctx.close()
         for fd in (ra, wa, rb, wb):
             os.close(fd)
+
+
+def test_channel_reopened_while_a_coroutine_still_waits_on_the_old_one(tmp_path):
+    # close() wakes the coroutine parked in read_all(); before it runs again
+    # the channel object is connected anew, which replaced (and freed) the
+    # QLChannel that the woken read_all() still works on.
+    out = run_isolated("""
+        import os, socket, qloop
+        from qloop.channel.socket import QIOChannelSocket
+        path = %r
+        srv = socket.socket(socket.AF_UNIX)
+        srv.bind(path)
+        srv.listen(4)
+        ctx = qloop.AioContext()
+        for i in range(5):
+            a, b = QIOChannelSocket.pair()
+            res = []
+            def reader():
+                try:
+                    res.append(a.read_all(10))
+                except OSError as e:
+                    res.append(type(e).__name__)
+            ctx.co_schedule(qloop.Coroutine(reader))
+            ctx.poll(blocking=False)   # the reader waits for data
+            a.close()                  # wakes it
+            a.connect_sync(path)       # a new fd for the same object
+            while not res:
+                ctx.poll()
+            assert res == ["OSError"], res
+            a.close()
+            b.close()
+            srv.accept()[0].close()
+        ctx.close()
+        print("ok")
+    """ % str(tmp_path / "s"))
+    assert out.strip() == "ok"
