@@ -152,3 +152,57 @@ def test_channel_reopened_while_a_coroutine_still_waits_on_the_old_one(tmp_path)
         print("ok")
     """ % str(tmp_path / "s"))
     assert out.strip() == "ok"
+
+
+def _drain_main_loop():
+    while qloop.main_loop_wait(nonblocking=True):
+        pass
+
+
+def test_main_loop_wait_raises_the_first_exception(unraisable):
+    # A polling callback raises, then (the core cannot stop it) a callback of
+    # the main context: main_loop_wait() raises the first one.
+    _drain_main_loop()
+    ran = []
+
+    def polling():
+        raise KeyError("polling callback")
+
+    main = qloop.get_aio_context()
+    bh = main.bh(lambda: (ran.append("bh"), 1 / 0))
+    qloop.add_polling_cb(polling)
+    try:
+        bh.schedule()
+        with pytest.raises(KeyError, match="polling callback"):
+            qloop.main_loop_wait(nonblocking=True)
+    finally:
+        qloop.del_polling_cb(polling)
+        bh.delete()
+        _drain_main_loop()
+
+
+def test_child_watch_exception_stops_the_main_dispatch(unraisable):
+    _drain_main_loop()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(3)
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+    ran = []
+
+    def watch(p, status):
+        raise KeyError("child watch")
+
+    main = qloop.get_aio_context()
+    bh = main.bh(lambda: ran.append("bh"))
+    try:
+        assert qloop.add_child_watch(pid, watch) is True  # schedules the reaper BH
+        bh.schedule()  # queued behind it
+        with pytest.raises(KeyError, match="child watch"):
+            qloop.main_loop_wait(nonblocking=True)
+        assert ran == []  # the rest runs in the next iteration
+        qloop.main_loop_wait(nonblocking=True)
+        assert ran == ["bh"]
+        assert unraisable == []
+    finally:
+        bh.delete()
+        _drain_main_loop()

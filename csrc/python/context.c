@@ -233,6 +233,7 @@ int qlpy_enter_dispatch(ContextObject *self, DispatchFrame *f)
     f->ctx = self;
     f->exc = NULL;
     f->signals_before_sleep = 0;
+    f->link = NULL;
     qlpy_top_frame = f;
     self->dispatch_depth++;
     self->poll_thread = me;

@@ -60,6 +60,9 @@ static DispatchFrame *frame_for(ContextObject *ctx)
             f = g;
         }
     }
+    while (f && f->link) {
+        f = f->link;
+    }
     return f;
 }
 
@@ -86,12 +89,15 @@ static void defer(ContextObject *ctx, PyObject *exc)
     }
     f->exc = exc;
     /* Stop the dispatch that ran the callback (it may be another context
-     * than the frame's, e.g. the iohandler context under main_loop_wait). */
+     * than the frame's, e.g. the iohandler context under main_loop_wait),
+     * and those of the frames linked to this one. */
     if (ctx && ctx->ctx) {
         ql_context_stop_dispatch(ctx->ctx);
     }
-    if (f->ctx && f->ctx->ctx && f->ctx != ctx) {
-        ql_context_stop_dispatch(f->ctx->ctx);
+    for (DispatchFrame *g = qlpy_top_frame; g; g = g->prev) {
+        if ((g == f || g->link == f) && g->ctx && g->ctx->ctx && g->ctx != ctx) {
+            ql_context_stop_dispatch(g->ctx->ctx);
+        }
     }
 }
 

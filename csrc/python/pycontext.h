@@ -45,6 +45,8 @@ typedef struct DispatchFrame {
     int signals_before_sleep; /* run_forever: signal handlers run in the
                                * blocking hook, before the poll sleeps (see
                                * qlpy_signals_before_sleep) */
+    struct DispatchFrame *link; /* non-NULL: one run with that frame (main_loop_wait
+                                 * dispatches two contexts): exceptions go there */
 } DispatchFrame;
 
 extern PyTypeObject QLPy_ContextType;
