@@ -401,6 +401,19 @@ static PyObject *pool_close(ThreadPoolObject *self, PyObject *unused)
                         "completion callbacks");
         return NULL;
     }
+    ContextObject *ctx = self->ctx;
+    unsigned long me = PyThread_get_thread_ident();
+    if (self->pool && ctx->ctx && ctx->dispatch_depth > 0 && ctx->poll_thread != me) {
+        /* The shutdown delivers the outstanding completions itself and
+         * frees the pool: with the polling thread delivering from the same
+         * lists meanwhile (the shutdown releases the GIL while it waits for
+         * the workers), both would, and that thread would be left in a
+         * freed pool. */
+        PyErr_Format(PyExc_RuntimeError, "cannot close a thread pool while thread %lu polls "
+                     "its AioContext; close it from that thread (schedule_oneshot)",
+                     ctx->poll_thread);
+        return NULL;
+    }
     pool_close_impl(self);
     Py_RETURN_NONE;
 }
