@@ -94,9 +94,12 @@ static void defer(ContextObject *ctx, PyObject *exc)
     if (ctx && ctx->ctx) {
         ql_context_stop_dispatch(ctx->ctx);
     }
-    for (DispatchFrame *g = qlpy_top_frame; g; g = g->prev) {
+    for (DispatchFrame *g = qlpy_top_frame; g; g = g->prev) { /* linked ones are above f */
         if ((g == f || g->link == f) && g->ctx && g->ctx->ctx && g->ctx != ctx) {
             ql_context_stop_dispatch(g->ctx->ctx);
+        }
+        if (g == f) {
+            break;
         }
     }
 }
