@@ -37,6 +37,11 @@ class IOThread:
         """Start the thread; returns once its context exists."""
         if self._thread is not None:
             raise RuntimeError("IOThread already started")
+        # A restart after stop(): wait for the new context, and raise from
+        # the next stop() only what this run raised (stop() already raised
+        # the previous run's first exception).
+        self._ready.clear()
+        self.exceptions = []
         self._running = True
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()

@@ -144,7 +144,11 @@ class QIOTask:
             self._finish()
         else:
             self._state = _RUNNING  # no second complete()/abort() meanwhile
-            self._ctx.schedule_oneshot(self._finish)
+            try:
+                self._ctx.schedule_oneshot(self._finish)
+            except BaseException:
+                self._state = _NEW  # not handed over (closed context): still pending
+                raise
 
     def _finish(self):
         if self._state == _DONE:

@@ -339,3 +339,29 @@ def test_new_fd_picks_socket_or_file():
     assert isinstance(new_fd(s1.detach()), qloop.QIOChannelSocket)
     os.close(w)
     s2.close()
+
+
+def test_failed_watch_attach_leaves_the_watch_detached():
+    from qloop.channel.base import IO_IN
+
+    a, b = qloop.QIOChannelSocket.pair()
+    ctx = qloop.AioContext()
+    try:
+        w = a.create_watch(IO_IN)
+        a.close()
+        with pytest.raises(ValueError, match="closed channel"):
+            w.attach(lambda ch, cond: True, ctx)
+        assert not w.active
+        assert w not in a.__dict__.get("_watch_set", ())
+        w2 = b.create_watch(IO_IN)
+        closed = qloop.AioContext()
+        closed.close()
+        with pytest.raises(RuntimeError, match="closed AioContext"):
+            w2.attach(lambda ch, cond: True, closed)
+        assert not w2.active
+        w2.attach(lambda ch, cond: True, ctx)  # still usable
+        assert w2.active
+        w2.remove()
+    finally:
+        b.close()
+        ctx.close()

@@ -59,3 +59,25 @@ def test_asyncio_exception_handler_gets_qloop_callback_errors():
     asyncio.run(main())
     assert caught and isinstance(caught[0], ZeroDivisionError)
     ctx.close()
+
+
+def test_context_closed_while_attached_detaches_cleanly():
+    # After ctx.close() its fileno() raises: the attachment must still let
+    # go of the fd it watches, and a pending wakeup must not blow up.
+    errors = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda lp, c: errors.append(c))
+        ctx = qloop.AioContext()
+        fd = ctx.fileno()
+        handle = qlasyncio.attach(ctx, loop)
+        ctx.schedule_oneshot(lambda: None)  # a wakeup is pending
+        ctx.close()
+        await asyncio.sleep(0.01)  # the attachment runs and sees it closed
+        handle.detach()
+        handle.detach()
+        assert not loop.remove_reader(fd)  # nothing left registered
+
+    asyncio.run(main())
+    assert errors == []

@@ -75,3 +75,24 @@ def test_eight_threads_schedule_into_one_iothread_none_lost():
             t.join()
         assert finished.wait(60)
     assert count[0] == n_threads * per_thread
+
+
+def test_restart_after_stop_forgets_the_previous_runs_exception():
+    io = qloop.IOThread()
+    io.start()
+    ran = threading.Event()
+
+    def boom():
+        ran.set()
+        raise KeyError("first run")
+
+    io.context.schedule_oneshot(boom)
+    assert ran.wait(60)
+    with pytest.raises(KeyError, match="first run"):
+        io.stop()
+    io.start()
+    assert io.exceptions == []
+    again = threading.Event()
+    io.context.schedule_oneshot(again.set)
+    assert again.wait(60)
+    io.stop()  # nothing raised in this run

@@ -313,3 +313,25 @@ def test_10000_tasks_in_flight_each_complete_once(ctx):
     poll_until(ctx, lambda: len(calls) == 10000)
     assert set(calls.values()) == {1}
     assert qloop.get_thread_pool(ctx).in_flight == 0
+
+
+def test_complete_from_another_thread_on_a_closed_context_leaves_the_task_pending():
+    ctx = qloop.AioContext()
+    seen = []
+    task = qloop.QIOTask(object(), seen.append, context=ctx)
+    ctx.close()
+    errors = []
+
+    def other():
+        try:
+            task.complete()
+        except RuntimeError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert len(errors) == 1 and "closed" in str(errors[0])
+    assert not task.done
+    task.complete()  # the owner thread can still complete it
+    assert seen == [task]

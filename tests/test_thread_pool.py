@@ -511,3 +511,27 @@ def test_pool_works_in_a_forked_child(ctx):
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert pool.num_threads >= 1
+
+
+def test_close_refused_while_another_thread_polls_the_context():
+    # The shutdown delivers completions and frees the pool in the closing
+    # thread; the thread polling the context would deliver from the same
+    # pool meanwhile (and end up in freed memory).  Refused instead.
+    io = qloop.IOThread().start()
+    try:
+        pool = qloop.ThreadPool(context=io.context)
+        got = []
+        pool.submit(lambda: 5, callback=lambda r: got.append(r.result()))
+        deadline = time.monotonic() + TIMEOUT
+        while not got:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        with pytest.raises(RuntimeError, match="polls its AioContext"):
+            pool.close()
+        assert not pool.closed
+        closed = threading.Event()
+        io.context.schedule_oneshot(lambda: (pool.close(), closed.set()))
+        assert closed.wait(TIMEOUT)
+        assert pool.closed and got == [5]
+    finally:
+        io.stop()

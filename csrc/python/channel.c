@@ -24,7 +24,38 @@ typedef struct {
     QLChannel *ch;   /* NULL before _open() and after close() */
     PyObject *dict;  /* Python subclasses keep their state here */
     PyObject *weakreflist;
+    /* I/O calls in progress: they may yield (a coroutine waiting for the fd)
+     * or block with the GIL released, and use their QLChannel meanwhile.
+     * _open() on a closed channel does not free the old QLChannel while any
+     * is in progress: it is kept in `retired` until the last one returns. */
+    int busy;
+    QLChannel **retired;
+    int nretired;
 } FdChannelObject;
+
+/* Bracket every call into libqloop that may yield or block. */
+static QLChannel *ch_enter(FdChannelObject *self)
+{
+    self->busy++;
+    return self->ch;
+}
+
+static void free_retired(FdChannelObject *self)
+{
+    for (int i = 0; i < self->nretired; i++) {
+        ql_channel_free(self->retired[i]);
+    }
+    PyMem_Free(self->retired);
+    self->retired = NULL;
+    self->nretired = 0;
+}
+
+static void ch_leave(FdChannelObject *self)
+{
+    if (--self->busy == 0 && self->nretired) {
+        free_retired(self);
+    }
+}
 
 static PyObject *eof_error; /* qloop.UnexpectedEOFError (subclass of EOFError) */
 
@@ -117,6 +148,7 @@ static void fdch_dealloc(FdChannelObject *self)
         ql_channel_free(self->ch);
         self->ch = NULL;
     }
+    free_retired(self); /* busy is 0: every call holds a reference */
     Py_CLEAR(self->dict);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -159,7 +191,17 @@ static PyObject *fdch_open(FdChannelObject *self, PyObject *args)
     if (!ch) {
         return qlpy_raise_errno(-errno);
     }
-    if (self->ch) {
+    if (self->ch && self->busy) {
+        /* A call still uses the old one (a coroutine woken by close(), say). */
+        QLChannel **v = PyMem_Realloc(self->retired, (self->nretired + 1) * sizeof(*v));
+        if (!v) {
+            ql_channel_detach(ch); /* the caller keeps its fds */
+            ql_channel_free(ch);
+            return PyErr_NoMemory();
+        }
+        self->retired = v;
+        self->retired[self->nretired++] = self->ch;
+    } else if (self->ch) {
         ql_channel_free(self->ch);
     }
     self->ch = ch;
@@ -249,16 +291,19 @@ static PyObject *fdch_read(FdChannelObject *self, PyObject *arg)
         return NULL;
     }
     ssize_t r;
+    QLChannel *ch = ch_enter(self);
     for (;;) {
-        r = ql_channel_read(self->ch, PyBytes_AS_STRING(b), (size_t)n);
+        r = ql_channel_read(ch, PyBytes_AS_STRING(b), (size_t)n);
         if (r != -EINTR) {
             break;
         }
         if (interrupted() < 0) {
+            ch_leave(self);
             Py_DECREF(b);
             return NULL;
         }
     }
+    ch_leave(self);
     if (r < 0) {
         Py_DECREF(b);
         if (r == QL_CHANNEL_ERR_BLOCK) {
@@ -283,12 +328,15 @@ static PyObject *fdch_readinto(FdChannelObject *self, PyObject *arg)
         return NULL;
     }
     ssize_t r;
-    while ((r = ql_channel_read(self->ch, view.buf, (size_t)view.len)) == -EINTR) {
+    QLChannel *ch = ch_enter(self);
+    while ((r = ql_channel_read(ch, view.buf, (size_t)view.len)) == -EINTR) {
         if (interrupted() < 0) {
+            ch_leave(self);
             PyBuffer_Release(&view);
             return NULL;
         }
     }
+    ch_leave(self);
     PyBuffer_Release(&view);
     if (r == QL_CHANNEL_ERR_BLOCK) {
         Py_RETURN_NONE;
@@ -310,12 +358,15 @@ static PyObject *fdch_write(FdChannelObject *self, PyObject *arg)
         return NULL;
     }
     ssize_t r;
-    while ((r = ql_channel_write(self->ch, view.buf, (size_t)view.len)) == -EINTR) {
+    QLChannel *ch = ch_enter(self);
+    while ((r = ql_channel_write(ch, view.buf, (size_t)view.len)) == -EINTR) {
         if (interrupted() < 0) {
+            ch_leave(self);
             PyBuffer_Release(&view);
             return NULL;
         }
     }
+    ch_leave(self);
     PyBuffer_Release(&view);
     if (r == QL_CHANNEL_ERR_BLOCK) {
         Py_RETURN_NONE;
@@ -340,13 +391,15 @@ static PyObject *read_all_impl(FdChannelObject *self, PyObject *arg, int eof_ok)
     }
     size_t done = 0;
     int r;
-    while ((r = ql_channel_read_all(self->ch, PyBytes_AS_STRING(b), (size_t)n, &done)) ==
-           -EINTR) {
+    QLChannel *ch = ch_enter(self);
+    while ((r = ql_channel_read_all(ch, PyBytes_AS_STRING(b), (size_t)n, &done)) == -EINTR) {
         if (interrupted() < 0) {
+            ch_leave(self);
             Py_DECREF(b);
             return NULL;
         }
     }
+    ch_leave(self);
     if (r == 1) {
         return b;
     }
@@ -393,12 +446,15 @@ static PyObject *fdch_write_all(FdChannelObject *self, PyObject *arg)
     }
     size_t done = 0;
     int r;
-    while ((r = ql_channel_write_all(self->ch, view.buf, (size_t)view.len, &done)) == -EINTR) {
+    QLChannel *ch = ch_enter(self);
+    while ((r = ql_channel_write_all(ch, view.buf, (size_t)view.len, &done)) == -EINTR) {
         if (interrupted() < 0) {
+            ch_leave(self);
             PyBuffer_Release(&view);
             return NULL;
         }
     }
+    ch_leave(self);
     PyBuffer_Release(&view);
     if (r < 0) {
         return raise_err(r);
@@ -469,13 +525,16 @@ static PyObject *fdch_readv(FdChannelObject *self, PyObject *args)
     int fds[QL_CHANNEL_MAX_FDS];
     size_t nfds = QL_CHANNEL_MAX_FDS;
     ssize_t r;
-    while ((r = ql_channel_readv(self->ch, iov, (int)niov, want_fds ? fds : NULL,
+    QLChannel *ch = ch_enter(self);
+    while ((r = ql_channel_readv(ch, iov, (int)niov, want_fds ? fds : NULL,
                                  want_fds ? &nfds : NULL)) == -EINTR) {
         if (interrupted() < 0) {
+            ch_leave(self);
             release_views(views, niov);
             return NULL;
         }
     }
+    ch_leave(self);
     release_views(views, niov);
     if (!want_fds) {
         nfds = 0;
@@ -561,12 +620,15 @@ static PyObject *fdch_writev(FdChannelObject *self, PyObject *args)
         return NULL;
     }
     ssize_t r;
-    while ((r = ql_channel_writev(self->ch, iov, (int)niov, fds, (size_t)nfds)) == -EINTR) {
+    QLChannel *ch = ch_enter(self);
+    while ((r = ql_channel_writev(ch, iov, (int)niov, fds, (size_t)nfds)) == -EINTR) {
         if (interrupted() < 0) {
+            ch_leave(self);
             release_views(views, niov);
             return NULL;
         }
     }
+    ch_leave(self);
     release_views(views, niov);
     if (r == QL_CHANNEL_ERR_BLOCK) {
         Py_RETURN_NONE;
@@ -605,11 +667,14 @@ static PyObject *fdch_wait(FdChannelObject *self, PyObject *arg)
         return NULL;
     }
     int r;
-    while ((r = ql_channel_wait(self->ch, cond)) == -EINTR) {
+    QLChannel *ch = ch_enter(self);
+    while ((r = ql_channel_wait(ch, cond)) == -EINTR) {
         if (interrupted() < 0) {
+            ch_leave(self);
             return NULL;
         }
     }
+    ch_leave(self);
     if (r < 0) {
         return raise_err(r);
     }
@@ -626,7 +691,9 @@ static PyObject *fdch_yield(FdChannelObject *self, PyObject *arg)
         return PyErr_Format(PyExc_ValueError, "condition must be exactly IO_IN or IO_OUT for "
                             "yield_(), not %d", cond);
     }
-    int r = ql_channel_yield(self->ch, cond);
+    QLChannel *ch = ch_enter(self);
+    int r = ql_channel_yield(ch, cond);
+    ch_leave(self);
     if (r == -EPERM) {
         PyErr_SetString(PyExc_RuntimeError, "yield_() called outside a coroutine");
         return NULL;

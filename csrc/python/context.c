@@ -158,7 +158,8 @@ static void context_shutdown(ContextObject *self)
     }
     if (self->owned) {
         self->ctx = NULL; /* the dequeue hooks run by ql_context_free see it closed */
-        ql_context_free(ctx);
+        ql_context_free(ctx); /* shuts down the pools delivering here */
+        qlpy_threadpool_release_parked();
     } else {
         self->ctx = NULL;
     }
@@ -233,6 +234,7 @@ int qlpy_enter_dispatch(ContextObject *self, DispatchFrame *f)
     f->ctx = self;
     f->exc = NULL;
     f->signals_before_sleep = 0;
+    f->link = NULL;
     qlpy_top_frame = f;
     self->dispatch_depth++;
     self->poll_thread = me;
@@ -249,6 +251,7 @@ PyObject *qlpy_leave_dispatch(ContextObject *self, DispatchFrame *f, int ret)
     /* Release what coroutines that finished on their own stacks left behind,
      * and unwind coroutines dropped by other threads. */
     qlpy_coroutine_service();
+    qlpy_threadpool_release_parked();
     if (--self->dispatch_depth == 0 && self->graveyard && PyList_GET_SIZE(self->graveyard)) {
         PyList_SetSlice(self->graveyard, 0, PyList_GET_SIZE(self->graveyard), NULL);
     }
@@ -645,7 +648,10 @@ static void fd_write_cb(void *opaque)
 static bool fd_flush_cb(void *opaque)
 {
     FdRecord *r = opaque;
-    if (!r->flush) {
+    if (!r->flush || qlpy_callback_exception_pending(r->ctx)) {
+        /* After a callback raised, flush() is over (it raises that): do not
+         * ask again, nor poll for requests to finish, nor let a second
+         * exception in that the dispatch could not raise. */
         return false;
     }
     PyObject *res = PyObject_CallNoArgs(r->flush);

@@ -46,11 +46,12 @@ void qlpy_restore_exception(PyObject *exc)
 #endif
 }
 
-static void defer(ContextObject *ctx, PyObject *exc)
+/* The dispatch that raises what a callback of ctx (NULL: no context) raises:
+ * the innermost one of that very context, else the innermost one. */
+static DispatchFrame *frame_for(ContextObject *ctx)
 {
     DispatchFrame *f = qlpy_top_frame;
     if (ctx) {
-        /* the innermost dispatch of that very context, if any */
         DispatchFrame *g = f;
         while (g && g->ctx != ctx) {
             g = g->prev;
@@ -59,6 +60,21 @@ static void defer(ContextObject *ctx, PyObject *exc)
             f = g;
         }
     }
+    while (f && f->link) {
+        f = f->link;
+    }
+    return f;
+}
+
+int qlpy_callback_exception_pending(ContextObject *ctx)
+{
+    DispatchFrame *f = frame_for(ctx);
+    return f && f->exc;
+}
+
+static void defer(ContextObject *ctx, PyObject *exc)
+{
+    DispatchFrame *f = frame_for(ctx);
     if (!f) {
         /* Nobody in Python will see it: report it rather than swallow it. */
         qlpy_restore_exception(exc);
@@ -73,12 +89,18 @@ static void defer(ContextObject *ctx, PyObject *exc)
     }
     f->exc = exc;
     /* Stop the dispatch that ran the callback (it may be another context
-     * than the frame's, e.g. the iohandler context under main_loop_wait). */
+     * than the frame's, e.g. the iohandler context under main_loop_wait),
+     * and those of the frames linked to this one. */
     if (ctx && ctx->ctx) {
         ql_context_stop_dispatch(ctx->ctx);
     }
-    if (f->ctx && f->ctx->ctx && f->ctx != ctx) {
-        ql_context_stop_dispatch(f->ctx->ctx);
+    for (DispatchFrame *g = qlpy_top_frame; g; g = g->prev) { /* linked ones are above f */
+        if ((g == f || g->link == f) && g->ctx && g->ctx->ctx && g->ctx != ctx) {
+            ql_context_stop_dispatch(g->ctx->ctx);
+        }
+        if (g == f) {
+            break;
+        }
     }
 }
 

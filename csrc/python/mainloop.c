@@ -82,13 +82,15 @@ static PyObject *ml_main_loop_wait(PyObject *self, PyObject *args, PyObject *kwd
         Py_XDECREF(qlpy_leave_dispatch(m, &fm, 0));
         goto out;
     }
+    /* One run: whatever raises first -- a polling callback, a child watch,
+     * a callback of either context -- is what main_loop_wait() raises. */
+    fi.link = &fm;
     int r = ql_main_loop_wait(nonblocking);
-    PyObject *ri = qlpy_leave_dispatch(io, &fi, 0);
+    PyObject *ri = qlpy_leave_dispatch(io, &fi, 0); /* fi.exc stays NULL */
     if (ri) {
         Py_DECREF(ri);
     } else if (!fm.exc) {
-        /* an iohandler callback raised: report it from the main frame */
-        fm.exc = qlpy_fetch_exception();
+        fm.exc = qlpy_fetch_exception(); /* a signal handler raised */
     } else {
         PyErr_WriteUnraisable((PyObject *)io);
     }

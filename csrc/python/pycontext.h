@@ -45,6 +45,8 @@ typedef struct DispatchFrame {
     int signals_before_sleep; /* run_forever: signal handlers run in the
                                * blocking hook, before the poll sleeps (see
                                * qlpy_signals_before_sleep) */
+    struct DispatchFrame *link; /* non-NULL: one run with that frame (main_loop_wait
+                                 * dispatches two contexts): exceptions go there */
 } DispatchFrame;
 
 extern PyTypeObject QLPy_ContextType;
@@ -55,6 +57,10 @@ extern PyTypeObject QLPy_TimerType;
  * ctx: the running poll() of this thread re-raises it and the dispatch stops
  * after the current callback.  Clears the error indicator. */
 void qlpy_callback_failed(ContextObject *ctx);
+
+/* 1 if a callback of ctx already raised in the dispatch that would raise
+ * the next one (see qlpy_callback_failed): that dispatch is ending. */
+int qlpy_callback_exception_pending(ContextObject *ctx);
 
 /* Call cb(*args); args is NULL or a tuple.  On exception, qlpy_callback_failed. */
 void qlpy_call_callback(ContextObject *ctx, PyObject *cb, PyObject *args);
@@ -84,6 +90,12 @@ int qlpy_mainloop_register(PyObject *module);
  * sleep, run pending signal handlers now; an exception they raise ends that
  * run_forever() (the context is notified so the wait returns at once). */
 void qlpy_signals_before_sleep(void);
+
+/* Let go of ThreadPool objects whose last reference was dropped by one of
+ * their own completions (see threadpool.c).  Call after every call into
+ * libqloop that may run completions, once it has returned.  Keeps a pending
+ * exception. */
+void qlpy_threadpool_release_parked(void);
 
 /* -errno -> OSError (returns NULL); the same conversion as qloop._errors. */
 PyObject *qlpy_raise_errno(int neg_errno);

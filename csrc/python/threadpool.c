@@ -130,11 +130,54 @@ static int request_work(void *arg)
     return res ? 0 : -1;
 }
 
+/* Pool objects whose last reference went away inside a completion.
+ * Freeing the QLThreadPool there would pull it from under libqloop, which
+ * still uses it once the completion returns (it recycles the request, then
+ * looks at the rest of the batch).  request_done() parks such a pool here
+ * instead; qlpy_threadpool_release_parked() lets them go once the call into
+ * libqloop that ran the completion has returned (poll/dispatch/flush/
+ * main_loop_wait, ThreadPool.close(), AioContext.close()).  Nothing else of
+ * the parked pool runs in between: it has no request left (each holds it),
+ * so its completion code returns without calling Python again.  GIL held. */
+static PyObject *parked_pools;
+
+void qlpy_threadpool_release_parked(void)
+{
+    if (!parked_pools || PyList_GET_SIZE(parked_pools) == 0) {
+        return;
+    }
+    /* Deallocating a pool joins its idle workers (GIL released): take the
+     * list first so that a concurrent release sees an empty one. */
+    PyObject *batch = parked_pools;
+    parked_pools = NULL;
+    PyObject *exc = qlpy_fetch_exception(); /* keep a pending callback exception */
+    Py_DECREF(batch);
+    if (exc) {
+        qlpy_restore_exception(exc);
+    }
+}
+
+static void park_pool(ThreadPoolObject *pool)
+{
+    if (!parked_pools && !(parked_pools = PyList_New(0))) {
+        goto fail;
+    }
+    if (PyList_Append(parked_pools, (PyObject *)pool) < 0) {
+        goto fail;
+    }
+    Py_DECREF(pool);
+    return;
+fail:
+    /* Out of memory: leaking the pool is the lesser evil. */
+    PyErr_Clear();
+}
+
 /* Home thread, GIL held (poll, or the shutdown in close()). */
 static void request_done(void *opaque, int ret)
 {
     RequestObject *r = opaque;
     ThreadPoolObject *pool = r->pool;
+    Py_INCREF(pool); /* outlives the request: see parked_pools */
     r->req = NULL;
     if (!r->ran) {
         (void)ret; /* -ECANCELED: never ran */
@@ -159,6 +202,11 @@ static void request_done(void *opaque, int ret)
         Py_DECREF(cb);
     }
     Py_DECREF(r); /* libqloop's reference */
+    if (Py_REFCNT(pool) == 1) {
+        park_pool(pool); /* ours is the last reference */
+    } else {
+        Py_DECREF(pool);
+    }
 }
 
 /* ---- ThreadPool ------------------------------------------------------------ */
@@ -336,6 +384,7 @@ static void pool_close_impl(ThreadPoolObject *self)
     if (!self->is_default) {
         /* Runs outstanding completions here; waits with the GIL released. */
         ql_thread_pool_free(pool);
+        qlpy_threadpool_release_parked();
     }
 }
 
@@ -350,6 +399,19 @@ static PyObject *pool_close(ThreadPoolObject *self, PyObject *unused)
     if (self->delivering) {
         PyErr_SetString(PyExc_RuntimeError, "cannot close a thread pool from one of its "
                         "completion callbacks");
+        return NULL;
+    }
+    ContextObject *ctx = self->ctx;
+    unsigned long me = PyThread_get_thread_ident();
+    if (self->pool && ctx->ctx && ctx->dispatch_depth > 0 && ctx->poll_thread != me) {
+        /* The shutdown delivers the outstanding completions itself and
+         * frees the pool: with the polling thread delivering from the same
+         * lists meanwhile (the shutdown releases the GIL while it waits for
+         * the workers), both would, and that thread would be left in a
+         * freed pool. */
+        PyErr_Format(PyExc_RuntimeError, "cannot close a thread pool while thread %lu polls "
+                     "its AioContext; close it from that thread (schedule_oneshot)",
+                     ctx->poll_thread);
         return NULL;
     }
     pool_close_impl(self);

@@ -443,11 +443,15 @@ class Watch:
         if not isinstance(ctx, _core.AioContext):
             raise TypeError("context must be an AioContext or None, not %s"
                             % type(context).__name__)
+        # Checked before anything is registered: a failed attach leaves the
+        # watch detached (and not in the channel's set).
+        fds = self.channel._watch_fds()  # ValueError on a closed channel
+        if ctx.closed:
+            raise RuntimeError("operation on a closed AioContext")
         self._cb = cb
         self._ctx = ctx
         self.active = True
         self.channel.__dict__.setdefault("_watch_set", set()).add(self)
-        fds = self.channel._watch_fds()
         cond = self.condition
         if fds is not None:
             rfd, wfd = fds

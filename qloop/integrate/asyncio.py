@@ -21,7 +21,9 @@ class AsyncioAttachment:
         self._timer = None
         self._soon = None
         self._attached = True
-        loop.add_reader(ctx.fileno(), self._run)
+        # Kept: once the context is closed, fileno() raises.
+        self._fd = ctx.fileno()
+        loop.add_reader(self._fd, self._run)
         self._arm()
 
     def _arm(self):
@@ -41,6 +43,11 @@ class AsyncioAttachment:
             self._timer.cancel()
             self._timer = None
         self._soon = None
+        if self.ctx.closed:
+            # Closed while attached: its fd is gone (and its number may be
+            # reused), so stop watching it.
+            self.detach()
+            return
         try:
             if self.ctx.check():
                 self.ctx.dispatch()
@@ -54,11 +61,11 @@ class AsyncioAttachment:
             self._arm()
 
     def detach(self):
-        """Stop driving the context from the asyncio loop."""
+        """Stop driving the context from the asyncio loop (also once it is closed)."""
         if not self._attached:
             return
         self._attached = False
-        self.loop.remove_reader(self.ctx.fileno())
+        self.loop.remove_reader(self._fd)
         for h in (self._timer, self._soon):
             if h is not None:
                 h.cancel()
