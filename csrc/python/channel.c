@@ -17,6 +17,7 @@
 
 #include "glue.h"
 #include "pycontext.h"
+#include "pycoro.h"
 #include "qloop/channel.h"
 
 typedef struct {
@@ -283,7 +284,7 @@ static PyObject *fdch_set_blocking(FdChannelObject *self, PyObject *arg)
 static PyObject *fdch_read(FdChannelObject *self, PyObject *arg)
 {
     Py_ssize_t n = parse_size(arg, "n");
-    if (n < 0 || check_open(self) < 0) {
+    if (n < 0 || check_open(self) < 0 || qlpy_check_switchable("read_all()") < 0) {
         return NULL;
     }
     PyObject *b = PyBytes_FromStringAndSize(NULL, n);
@@ -382,7 +383,7 @@ static PyObject *fdch_write(FdChannelObject *self, PyObject *arg)
 static PyObject *read_all_impl(FdChannelObject *self, PyObject *arg, int eof_ok)
 {
     Py_ssize_t n = parse_size(arg, "n");
-    if (n < 0 || check_open(self) < 0) {
+    if (n < 0 || check_open(self) < 0 || qlpy_check_switchable("read_all()") < 0) {
         return NULL;
     }
     PyObject *b = PyBytes_FromStringAndSize(NULL, n);
@@ -440,7 +441,7 @@ static PyObject *fdch_write_all(FdChannelObject *self, PyObject *arg)
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    if (check_open(self) < 0) {
+    if (check_open(self) < 0 || qlpy_check_switchable("write_all()") < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
@@ -690,6 +691,9 @@ static PyObject *fdch_yield(FdChannelObject *self, PyObject *arg)
     if (cond != QL_CHANNEL_IN && cond != QL_CHANNEL_OUT) {
         return PyErr_Format(PyExc_ValueError, "condition must be exactly IO_IN or IO_OUT for "
                             "yield_(), not %d", cond);
+    }
+    if (qlpy_check_switchable("yield_()") < 0) {
+        return NULL;
     }
     QLChannel *ch = ch_enter(self);
     int r = ql_channel_yield(ch, cond);

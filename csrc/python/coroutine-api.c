@@ -13,6 +13,7 @@
 
 #include "glue.h"
 #include "pycoro.h"
+#include "pycontext.h"
 #include "qloop/coroutine.h"
 
 /* ---- waits inside the core --------------------------------------------- */
@@ -36,7 +37,26 @@ QLPyCoroutine *qlpy_switchable_current(const char *what)
                      "%s: cannot switch coroutines inside a trace or profile function", what);
         return NULL;
     }
+    if (qlpy_check_switchable(what) < 0) {
+        return NULL;
+    }
     return self;
+}
+
+int qlpy_check_switchable(const char *what)
+{
+    QLPyCoroutine *self = qlpy_tl_current;
+    if (self && ql_coroutine_self() == self->co && qlpy_top_frame != self->frame_base) {
+        /* The poll it runs keeps its state on this coroutine's stack and in
+         * the thread's chain of running polls: it must return first.  (QEMU
+         * forbids polling from coroutine context for the same reason.) */
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s: a coroutine cannot switch away while it is inside an "
+                     "AioContext.poll()/dispatch()/run_forever() or main_loop_wait() that "
+                     "it called itself; let that call return first", what);
+        return -1;
+    }
+    return 0;
 }
 
 QLPyCoroutine *qlpy_wait_begin(const char *what)

@@ -31,6 +31,7 @@
 
 #include "glue.h"
 #include "pycoro.h"
+#include "pycontext.h"
 #include "qloop/coroutine.h"
 
 #if PY_VERSION_HEX >= 0x030D0000
@@ -195,6 +196,7 @@ static void co_resume(QLCoroutine *co, void *opaque)
     }
     self->prev_current = qlpy_tl_current;
     qlpy_tl_current = self;
+    self->frame_base = qlpy_top_frame;
     self->state = QLPY_CO_RUNNING;
     self->held += self->pins;
     self->pins = 0;
@@ -318,6 +320,7 @@ static void co_entry(void *opaque)
     ts->context_ver++;
     self->prev_current = qlpy_tl_current;
     qlpy_tl_current = self;
+    self->frame_base = qlpy_top_frame;
     self->state = QLPY_CO_RUNNING;
     self->held += self->pins;
     self->pins = 0;

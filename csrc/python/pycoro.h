@@ -49,6 +49,8 @@ typedef struct QLPyCoroutine {
     struct QLPyCoroutine *prev_current; /* Python coroutine current when we were entered */
     QLCoQueue *joiners;         /* coroutines in join(), created on demand */
     const char *blocked;        /* what it waits for inside the core, or NULL */
+    void *frame_base;           /* the thread's innermost running poll() when we were
+                                 * last switched in (see qlpy_check_switchable) */
     /* References the coroutine holds on itself.  `pins`: taken before it
      * waits in the core (or by whoever scheduled it), so the object lives
      * until it is woken; converted to `held` when it runs again.  `held`:
@@ -135,6 +137,12 @@ void qlpy_coroutine_service(void);
 
 /* AioContext.co_schedule(co): run co in ctx's next poll (any thread). */
 PyObject *qlpy_co_schedule(QLContext *ctx, PyObject *co);
+
+/* -1 with RuntimeError if the running Python coroutine may not switch away
+ * now because it is inside an AioContext.poll()/dispatch()/run_forever()/
+ * main_loop_wait() that it called itself (that poll's state lives on its
+ * stack); 0 otherwise, also outside coroutines. */
+int qlpy_check_switchable(const char *what);
 
 int qlpy_colock_init(PyObject *m);
 int qlpy_coroutine_init(PyObject *m);
