@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from conftest import SANITIZED
+
 from qloop import _bench
 
 # Tiny sizes (N and options): each run is dominated by start-up.
@@ -94,6 +96,10 @@ def drivers():
 
 @pytest.mark.parametrize("name", sorted(SMOKE))
 def test_workload_runs_for_every_installed_impl(name, drivers):
+    if name == "cswitch" and SANITIZED:
+        pytest.skip("cswitch links libqloop.a into a plain C driver; the sanitized "
+                    "build's library needs the sanitizer runtimes (a benchmark has no "
+                    "business running there)")
     mod = importlib.import_module("qloop.bench." + name)
     out, err = drivers[name].communicate(timeout=120)
     assert drivers[name].returncode == 0, err[-3000:]
@@ -208,6 +214,7 @@ def test_plot_writes_a_png(tmp_path):
 
 
 @pytest.mark.skipif(not _bench._which("valgrind"), reason="needs valgrind")
+@pytest.mark.skipif(SANITIZED, reason="valgrind cannot run an interpreter with libasan preloaded")
 def test_callgrind_counts_instructions(tmp_path):
     rec, ir = _bench._callgrind_ir(["/bin/echo", '{"ops": 5}'], 60, str(tmp_path))
     assert rec["status"] == "ok" and rec["ops"] == 5
