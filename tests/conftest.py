@@ -1,4 +1,6 @@
 import os
+import sys
+import threading
 
 import pytest
 
@@ -77,3 +79,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("rss"):
             item.add_marker(skip)
+
+
+def set_when_gil_released(event):
+    """Start a thread that sets ``event`` as soon as this thread blocks with
+    the GIL released (inside ``close()``, say).  Returns ``go`` to call right
+    before the blocking call; with a long switch interval the helper cannot
+    run earlier, so what happens before the wait is deterministic."""
+    lock = threading.Lock()
+    lock.acquire()
+
+    def run():
+        lock.acquire()
+        event.set()
+
+    t = threading.Thread(target=run)
+    t.start()
+    old = sys.getswitchinterval()
+
+    def go():
+        sys.setswitchinterval(1000.0)
+        lock.release()
+
+    def done():
+        sys.setswitchinterval(old)
+        t.join()
+
+    return go, done

@@ -1,6 +1,5 @@
 """qloop.QIOTask: callback exactly once, in the context's thread; errors,
 source lifetime, worker threads and wait_thread()."""
-import sys
 import threading
 import time
 import traceback
@@ -9,6 +8,7 @@ import weakref
 import pytest
 
 import qloop
+from conftest import set_when_gil_released
 
 TIMEOUT = 60.0
 
@@ -24,33 +24,6 @@ def ctx():
 
 class Source:
     pass
-
-
-def set_when_gil_released(event):
-    """Start a thread that sets ``event`` as soon as this thread blocks with
-    the GIL released (inside ``close()``, say).  Returns ``go`` to call right
-    before the blocking call; with a long switch interval the helper cannot
-    run earlier, so what happens before the wait is deterministic."""
-    lock = threading.Lock()
-    lock.acquire()
-
-    def run():
-        lock.acquire()
-        event.set()
-
-    t = threading.Thread(target=run)
-    t.start()
-    old = sys.getswitchinterval()
-
-    def go():
-        sys.setswitchinterval(1000.0)
-        lock.release()
-
-    def done():
-        sys.setswitchinterval(old)
-        t.join()
-
-    return go, done
 
 
 def poll_until(ctx, cond):

@@ -2,7 +2,6 @@
 the context's thread, FIFO batches, cancel, shutdown, thread limits."""
 import gc
 import os
-import sys
 import threading
 import time
 import traceback
@@ -10,6 +9,7 @@ import traceback
 import pytest
 
 import qloop
+from conftest import set_when_gil_released
 
 TIMEOUT = 60.0  # generous upper bound for waits; never a timing assertion
 
@@ -21,33 +21,6 @@ def ctx():
         pass
     yield c
     c.close()
-
-
-def set_when_gil_released(event):
-    """Start a thread that sets ``event`` as soon as this thread blocks with
-    the GIL released (inside ``close()``, say).  Returns ``go`` to call right
-    before the blocking call; with a long switch interval the helper cannot
-    run earlier, so what happens before the wait is deterministic."""
-    lock = threading.Lock()
-    lock.acquire()
-
-    def run():
-        lock.acquire()
-        event.set()
-
-    t = threading.Thread(target=run)
-    t.start()
-    old = sys.getswitchinterval()
-
-    def go():
-        sys.setswitchinterval(1000.0)
-        lock.release()
-
-    def done():
-        sys.setswitchinterval(old)
-        t.join()
-
-    return go, done
 
 
 def task_count():
