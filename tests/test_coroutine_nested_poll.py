@@ -1,7 +1,6 @@
 """A coroutine that runs a poll itself may not switch away inside it."""
 import os
 
-
 import qloop
 
 
