@@ -38,10 +38,12 @@ class QIOChannelBuffer(QIOChannel):
         self._check()
         n = 0
         for b in buffers:
+            if self.offset >= len(self.data):
+                break  # end of the data
             v = memoryview(b).cast("B")
             take = min(len(v), len(self.data) - self.offset)
-            if take <= 0:
-                break
+            if take == 0:
+                continue  # an empty buffer: fill the next ones
             v[:take] = self.data[self.offset:self.offset + take]
             self.offset += take
             n += take
