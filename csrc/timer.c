@@ -292,7 +292,9 @@ static void wheel_settle(QLTimerHeap *h)
          * as CPython's GC header).  Prefetches never fault. */
         __builtin_prefetch(nd->t);
         __builtin_prefetch(nd->opaque);
-        __builtin_prefetch((char *)nd->opaque - 16);
+        /* opaque is any user value (not always an object pointer): compute the
+         * address as an integer, pointer arithmetic on it could be undefined. */
+        __builtin_prefetch((const void *)((uintptr_t)nd->opaque - 16));
         size_t j = h->n;
         __atomic_store_n(&h->n, j + 1, __ATOMIC_RELAXED);
         heap_place(h, j, (QLTimerSlot){nd->expire, nd->seq, nd->t}); /* room reserved */
