@@ -279,3 +279,36 @@ def test_connect_refused_in_coroutine(ctx):
         return c.closed
 
     assert run_all(ctx, connector) == [True]
+
+
+def test_coroutine_waiting_in_read_all_needs_no_other_reference():
+    """The wait pins the coroutine (as lock waits do): nobody else has to keep
+    a reference for it to be woken by its data, instead of being "killed" at
+    its wait and leaked."""
+    import gc
+    import weakref
+
+    with qloop.AioContext() as ctx:
+        a, b = qloop.QIOChannelSocket.pair()
+        got = []
+
+        def serve(ch):
+            got.append(ch.read_all(5))
+
+        co = qloop.Coroutine(serve, b)
+        co_ref = weakref.ref(co)
+        ctx.schedule_oneshot(co.enter)
+        del co  # no reference kept
+        for _ in range(3):
+            ctx.poll(blocking=False)
+        assert got == []
+        a.write_all(b"hello")
+        for _ in range(20):
+            if got:
+                break
+            ctx.poll(blocking=True)
+        assert got == [b"hello"]
+        a.close()
+        b.close()
+    gc.collect()
+    assert co_ref() is None  # finished and freed, not killed at its wait and leaked

@@ -380,14 +380,39 @@ static PyObject *fdch_write(FdChannelObject *self, PyObject *arg)
 
 /* ---- the *_all loops --------------------------------------------------- */
 
+/* A Python coroutine about to wait on the channel in C: pin it like the lock
+ * waits do (qlpy_wait_begin), so that it stays alive while only the fd
+ * handler that will wake it knows about it.  Returns NULL with *err = 0
+ * outside a coroutine (the call then blocks instead), NULL with *err = -1 and
+ * an exception if it may not switch now. */
+static QLPyCoroutine *wait_begin(const char *what, int *err)
+{
+    QLPyCoroutine *me = qlpy_current();
+    *err = 0;
+    if (!me || ql_coroutine_self() != me->co) {
+        return NULL;
+    }
+    me = qlpy_wait_begin(what);
+    if (!me) {
+        *err = -1;
+    }
+    return me;
+}
+
 static PyObject *read_all_impl(FdChannelObject *self, PyObject *arg, int eof_ok)
 {
     Py_ssize_t n = parse_size(arg, "n");
+    int err;
     if (n < 0 || check_open(self) < 0 || qlpy_check_switchable("read_all()") < 0) {
         return NULL;
     }
     PyObject *b = PyBytes_FromStringAndSize(NULL, n);
     if (!b) {
+        return NULL;
+    }
+    QLPyCoroutine *me = wait_begin("read_all()", &err);
+    if (err < 0) {
+        Py_DECREF(b);
         return NULL;
     }
     size_t done = 0;
@@ -396,11 +421,17 @@ static PyObject *read_all_impl(FdChannelObject *self, PyObject *arg, int eof_ok)
     while ((r = ql_channel_read_all(ch, PyBytes_AS_STRING(b), (size_t)n, &done)) == -EINTR) {
         if (interrupted() < 0) {
             ch_leave(self);
+            if (me) {
+                qlpy_wait_end(me);
+            }
             Py_DECREF(b);
             return NULL;
         }
     }
     ch_leave(self);
+    if (me) {
+        qlpy_wait_end(me);
+    }
     if (r == 1) {
         return b;
     }
@@ -441,7 +472,10 @@ static PyObject *fdch_write_all(FdChannelObject *self, PyObject *arg)
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    if (check_open(self) < 0 || qlpy_check_switchable("write_all()") < 0) {
+    int err;
+    QLPyCoroutine *me = NULL;
+    if (check_open(self) < 0 || qlpy_check_switchable("write_all()") < 0 ||
+        ((me = wait_begin("write_all()", &err)), err < 0)) {
         PyBuffer_Release(&view);
         return NULL;
     }
@@ -451,11 +485,17 @@ static PyObject *fdch_write_all(FdChannelObject *self, PyObject *arg)
     while ((r = ql_channel_write_all(ch, view.buf, (size_t)view.len, &done)) == -EINTR) {
         if (interrupted() < 0) {
             ch_leave(self);
+            if (me) {
+                qlpy_wait_end(me);
+            }
             PyBuffer_Release(&view);
             return NULL;
         }
     }
     ch_leave(self);
+    if (me) {
+        qlpy_wait_end(me);
+    }
     PyBuffer_Release(&view);
     if (r < 0) {
         return raise_err(r);
@@ -692,12 +732,17 @@ static PyObject *fdch_yield(FdChannelObject *self, PyObject *arg)
         return PyErr_Format(PyExc_ValueError, "condition must be exactly IO_IN or IO_OUT for "
                             "yield_(), not %d", cond);
     }
-    if (qlpy_check_switchable("yield_()") < 0) {
+    int err;
+    QLPyCoroutine *me = wait_begin("yield_()", &err);
+    if (err < 0) {
         return NULL;
     }
     QLChannel *ch = ch_enter(self);
     int r = ql_channel_yield(ch, cond);
     ch_leave(self);
+    if (me) {
+        qlpy_wait_end(me);
+    }
     if (r == -EPERM) {
         PyErr_SetString(PyExc_RuntimeError, "yield_() called outside a coroutine");
         return NULL;
