@@ -1,6 +1,8 @@
 /* QEMU-style code compiled only through qloop/qemu-compat.h: BHs, timers
  * with scales, fd handlers, event notifiers, the main loop, the BQL. */
 #include "qltest.h"
+
+#include <stdint.h>
 #include "qloop/qemu-compat.h"
 
 #include <fcntl.h>
@@ -197,8 +199,75 @@ static void test_qemu_compat_main_loop(void)
     ql_main_loop_cleanup();
 }
 
+/* A QEMU-style coroutine pair: a CoMutex handed over in FIFO order, a CoQueue
+ * with the mutex, and aio_co_wake. */
+static CoMutex compat_mutex;
+static CoQueue compat_queue;
+static int compat_log[8];
+static int compat_n;
+
+static void coroutine_fn compat_worker(void *opaque)
+{
+    int id = (int)(intptr_t)opaque;
+    qemu_co_mutex_lock(&compat_mutex);
+    compat_log[compat_n++] = id;
+    qemu_coroutine_yield(); /* holding the lock */
+    qemu_co_mutex_unlock(&compat_mutex);
+}
+
+static void coroutine_fn compat_waiter(void *opaque)
+{
+    (void)opaque;
+    qemu_co_mutex_lock(&compat_mutex);
+    qemu_co_queue_wait(&compat_queue, &compat_mutex); /* releases, then retakes */
+    compat_log[compat_n++] = 99;
+    qemu_co_mutex_unlock(&compat_mutex);
+}
+
+static void test_qemu_compat_coroutines_mutex_and_queue(void)
+{
+    AioContext *ctx = aio_context_new(NULL);
+    QL_CHECK(ctx != NULL);
+    qemu_co_mutex_init(&compat_mutex);
+    qemu_co_queue_init(&compat_queue);
+    compat_n = 0;
+    Coroutine *a = qemu_coroutine_create(compat_worker, (void *)(intptr_t)1);
+    Coroutine *b = qemu_coroutine_create(compat_worker, (void *)(intptr_t)2);
+    QL_CHECK(!qemu_in_coroutine());
+    aio_co_schedule(ctx, a);
+    aio_co_schedule(ctx, b);
+    aio_poll(ctx, false);          /* a takes the lock and yields; b waits */
+    QL_CHECK_EQ(compat_n, 1);
+    QL_CHECK_EQ(compat_log[0], 1);
+    qemu_coroutine_enter(a);       /* a unlocks: hands the lock to b */
+    for (int i = 0; i < 10 && compat_n < 2; i++) {
+        aio_poll(ctx, false);
+    }
+    QL_CHECK_EQ(compat_n, 2);
+    QL_CHECK_EQ(compat_log[1], 2);
+    aio_co_wake(b);                /* b was entered by the hand-off: finish it */
+    for (int i = 0; i < 10; i++) {
+        aio_poll(ctx, false);
+    }
+    QL_CHECK(!qemu_co_queue_next(&compat_queue)); /* nobody waits */
+    Coroutine *w = qemu_coroutine_create(compat_waiter, NULL);
+    qemu_coroutine_enter(w);       /* waits on the queue, lock released */
+    QL_CHECK(!qemu_co_queue_empty(&compat_queue));
+    QL_CHECK(qemu_co_queue_next(&compat_queue));
+    for (int i = 0; i < 10 && compat_n < 3; i++) {
+        aio_poll(ctx, false);
+    }
+    QL_CHECK_EQ(compat_n, 3);
+    QL_CHECK_EQ(compat_log[2], 99);
+    QL_CHECK(qemu_co_queue_empty(&compat_queue));
+    qemu_co_queue_destroy(&compat_queue);
+    qemu_co_mutex_destroy(&compat_mutex);
+    aio_context_unref(ctx);
+}
+
 QLTEST_MAIN(QLT(test_qemu_compat_bh_schedule10),
             QLT(test_qemu_compat_bh_cancel_and_oneshot),
             QLT(test_qemu_compat_timer_schedule_with_scale),
             QLT(test_qemu_compat_fd_handler_and_event_notifier),
-            QLT(test_qemu_compat_main_loop))
+            QLT(test_qemu_compat_main_loop),
+            QLT(test_qemu_compat_coroutines_mutex_and_queue))

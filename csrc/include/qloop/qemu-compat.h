@@ -213,6 +213,60 @@ static inline QLThreadPool *ql__compat_current_pool(void)
 #define thread_pool_submit_co(func, arg) \
     ql_thread_pool_submit_co(ql__compat_current_pool(), (func), (arg))
 
+/* ---- coroutines (QEMU's qemu/coroutine.h) ------------------------------
+ * QEMU's CoMutex, CoQueue and CoRwlock are structs embedded in their owner
+ * and set up by an init function; here they wrap a pointer to the qloop
+ * object, which *_init allocates.  QEMU has no destroy call for them; free
+ * them with the qloop extensions qemu_co_mutex_destroy / qemu_co_queue_destroy
+ * / qemu_co_rwlock_destroy when the owner goes away.  Outside a coroutine
+ * qemu_coroutine_self() returns NULL (QEMU returns a per-thread leader). */
+typedef QLCoroutine Coroutine;
+typedef QLCoroutineFunc CoroutineEntry;
+#define coroutine_fn
+#define qemu_coroutine_create(entry, opaque) ql_coroutine_create((entry), (opaque))
+#define qemu_coroutine_enter(co) ((void)ql_coroutine_enter(co))
+#define qemu_coroutine_enter_if_inactive(co) ((void)ql_coroutine_enter_if_inactive(co))
+#define qemu_coroutine_yield() ((void)ql_coroutine_yield())
+#define qemu_coroutine_self() ql_coroutine_self()
+#define qemu_in_coroutine() ql_in_coroutine()
+#define qemu_coroutine_entered(co) ql_coroutine_entered(co)
+#define aio_co_schedule(ctx, co) ((void)ql_co_schedule((ctx), (co)))
+#define aio_co_wake(co) ((void)ql_co_wake(co))
+#define aio_co_enter(ctx, co) ((void)ql_co_enter((ctx), (co)))
+#define qemu_co_sleep_ns(type, ns) ((void)ql_co_sleep_ns((type), (ns)))
+
+typedef struct CoMutex {
+    QLCoMutex *m;
+} CoMutex;
+typedef struct CoQueue {
+    QLCoQueue *q;
+} CoQueue;
+typedef struct CoRwlock {
+    QLCoRwlock *l;
+} CoRwlock;
+
+static inline void qemu_co_mutex_init(CoMutex *m) { m->m = ql_co_mutex_new(); }
+static inline void qemu_co_mutex_destroy(CoMutex *m) { ql_co_mutex_free(m->m); m->m = NULL; }
+static inline void qemu_co_mutex_lock(CoMutex *m) { (void)ql_co_mutex_lock(m->m); }
+static inline void qemu_co_mutex_unlock(CoMutex *m) { (void)ql_co_mutex_unlock(m->m); }
+static inline QLCoMutex *ql__compat_lockable(CoMutex *m) { return m ? m->m : NULL; }
+
+static inline void qemu_co_queue_init(CoQueue *q) { q->q = ql_co_queue_new(); }
+static inline void qemu_co_queue_destroy(CoQueue *q) { ql_co_queue_free(q->q); q->q = NULL; }
+#define qemu_co_queue_wait(queue, lock) \
+    ((void)ql_co_queue_wait((queue)->q, ql__compat_lockable(lock)))
+#define qemu_co_queue_next(queue) ql_co_queue_next((queue)->q)
+#define qemu_co_queue_restart_all(queue) ql_co_queue_restart_all((queue)->q)
+#define qemu_co_queue_empty(queue) ql_co_queue_empty((queue)->q)
+
+static inline void qemu_co_rwlock_init(CoRwlock *l) { l->l = ql_co_rwlock_new(); }
+static inline void qemu_co_rwlock_destroy(CoRwlock *l) { ql_co_rwlock_free(l->l); l->l = NULL; }
+#define qemu_co_rwlock_rdlock(lock) ((void)ql_co_rwlock_rdlock((lock)->l))
+#define qemu_co_rwlock_wrlock(lock) ((void)ql_co_rwlock_wrlock((lock)->l))
+#define qemu_co_rwlock_unlock(lock) ((void)ql_co_rwlock_unlock((lock)->l))
+#define qemu_co_rwlock_upgrade(lock) ((void)ql_co_rwlock_upgrade((lock)->l))
+#define qemu_co_rwlock_downgrade(lock) ((void)ql_co_rwlock_downgrade((lock)->l))
+
 #ifdef __cplusplus
 }
 #endif
