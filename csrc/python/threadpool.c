@@ -54,26 +54,6 @@ static PyObject *CancelledError;
 
 /* ---- the work and the completion ------------------------------------------ */
 
-static PyObject *fetch_exception(void)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    return PyErr_GetRaisedException();
-#else
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (!type) {
-        return NULL;
-    }
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb) {
-        PyException_SetTraceback(value, tb);
-        Py_DECREF(tb);
-    }
-    Py_DECREF(type);
-    return value;
-#endif
-}
-
 /* Python thread state of a worker thread, kept between requests: creating
  * and destroying one per request (PyGILState_Ensure/Release) costs an
  * allocation of its frame stack each time, and in a threaded process
@@ -119,7 +99,7 @@ static int request_work(void *arg)
     if (res) {
         r->result = res;
     } else {
-        r->exc = fetch_exception();
+        r->exc = qlpy_fetch_exception();
     }
     Py_CLEAR(r->fn);
     Py_CLEAR(r->args);
