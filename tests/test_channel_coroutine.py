@@ -312,3 +312,43 @@ def test_coroutine_waiting_in_read_all_needs_no_other_reference():
         b.close()
     gc.collect()
     assert co_ref() is None  # finished and freed, not killed at its wait and leaked
+
+
+@pytest.mark.parametrize("wait", ["yield_", "read_all"])
+def test_coroutine_woken_by_channel_survives_losing_its_last_outside_reference(wait):
+    """Woken by its fd, the coroutine drops the only other reference to
+    itself while running (a server's table of connections): it stays alive
+    until it ends, then is freed."""
+    import gc
+    import weakref
+
+    with qloop.AioContext() as ctx:
+        a, b = qloop.QIOChannelSocket.pair()
+        b.set_blocking(False)
+        box = {}
+        alive = []
+
+        def serve(ch):
+            if wait == "yield_":
+                ch.yield_(qloop.IO_IN)
+            else:
+                ch.read_all(5)
+            me = weakref.ref(box.pop("co"))  # the last outside reference
+            gc.collect()
+            alive.append(me() is not None)
+
+        box["co"] = qloop.Coroutine(serve, b)
+        co_ref = weakref.ref(box["co"])
+        ctx.schedule_oneshot(box["co"].enter)
+        for _ in range(3):
+            ctx.poll(blocking=False)
+        a.write_all(b"hello")
+        for _ in range(20):
+            if alive:
+                break
+            ctx.poll(blocking=True)
+        assert alive == [True]
+        a.close()
+        b.close()
+    gc.collect()
+    assert co_ref() is None

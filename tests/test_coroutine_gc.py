@@ -198,6 +198,39 @@ def test_fire_and_forget_coroutine_finishing_after_c_resume_is_freed():
     assert wref() is None
 
 
+def test_coroutine_woken_from_lock_survives_losing_its_last_outside_reference():
+    # Woken by CoMutex.unlock (C), it drops the only other reference to
+    # itself while running: it must stay alive until it suspends or ends (it
+    # was freed under its own feet, a use-after-free).
+    m = CoMutex()
+    box = {}
+    alive = []
+
+    def holder():
+        m.lock()
+        coroutine_yield()
+        m.unlock()
+
+    def waiter():
+        m.lock()
+        m.unlock()
+        me = weakref.ref(box.pop("w"))  # the last outside reference
+        gc.collect()
+        alive.append(me() is not None)
+        return "done"
+
+    h = Coroutine(holder)
+    h.enter()
+    box["w"] = Coroutine(waiter)
+    wref = weakref.ref(box["w"])
+    box["w"].enter()
+    h.enter()
+    qloop._core._coroutine_service()
+    assert alive == [True]
+    gc.collect()
+    assert wref() is None  # and freed once finished
+
+
 def test_dropped_in_another_thread_is_unwound_on_the_owner_thread():
     log = []
     box = []

@@ -66,6 +66,7 @@ QLPyCoroutine *qlpy_wait_begin(const char *what)
         Py_INCREF(self);
         self->pins++;
         self->blocked = what;
+        qlpy_drop_held(self); /* the pin keeps it alive until it is woken */
     }
     return self;
 }
@@ -73,9 +74,12 @@ QLPyCoroutine *qlpy_wait_begin(const char *what)
 void qlpy_wait_end(QLPyCoroutine *self)
 {
     self->blocked = NULL;
-    self->held += self->pins; /* it did not have to wait */
+    /* Running again (or it did not have to wait): whatever pinned it is now
+     * held until it next suspends or ends.  Dropping it here would let the
+     * last outside reference, released by the coroutine's own code, free it
+     * while it runs. */
+    self->held += self->pins;
     self->pins = 0;
-    qlpy_drop_held(self);
 }
 
 /* ---- module functions -------------------------------------------------- */

@@ -54,9 +54,10 @@ typedef struct QLPyCoroutine {
     /* References the coroutine holds on itself.  `pins`: taken before it
      * waits in the core (or by whoever scheduled it), so the object lives
      * until it is woken; converted to `held` when it runs again.  `held`:
-     * dropped as soon as someone else holds a reference too; a coroutine that
-     * would yield with only `held` references left is garbage and is unwound
-     * in place (CoroutineExit). */
+     * kept while it runs (its own code may drop every other reference), and
+     * dropped when it suspends or ends if someone else holds a reference
+     * too; a coroutine that would yield with only `held` references left is
+     * garbage and is unwound in place (CoroutineExit). */
     int pins;
     int held;
     unsigned char state;
