@@ -30,6 +30,9 @@ class CallbackError(Exception):
     """Raised on purpose by a callback: poll() must re-raise it."""
 
 
+MAX_NESTING = 4
+_nesting = [0]
+
 ALLOWED = (TypeError, ValueError, RuntimeError, OSError, OverflowError, CallbackError)
 
 
@@ -103,10 +106,18 @@ def callback(fdp, w):
         return boom
     if k == 2 and ctx is not None:
         def nested(*a):
+            # A nested poll dispatches whatever is ready again, this handler
+            # included while its fd stays readable (as in QEMU); with two such
+            # handlers every level doubles the work, so bound the depth.
+            if _nesting[0] >= MAX_NESTING:
+                return
+            _nesting[0] += 1
             try:
                 ctx.poll(blocking=False)
             except ALLOWED:
                 pass
+            finally:
+                _nesting[0] -= 1
         return nested
     if k == 3 and ctx is not None:
         return lambda *a: ctx.close()
