@@ -31,6 +31,10 @@ const QLCoSwitchOps *ql__co_ops;
 static pthread_once_t co_once = PTHREAD_ONCE_INIT;
 static pthread_key_t co_key;
 static __thread QLCoThread co_tls;
+/* &co_tls once initialised, else NULL.  In the static TLS block (see
+ * QL_TLS), so the fast path of ql__co_thread() is one load, without the
+ * __tls_get_addr() call that co_tls itself needs in a shared object. */
+static __thread __attribute__((tls_model("initial-exec"))) QLCoThread *co_tls_ptr;
 
 static void co_thread_exit(void *opaque);
 static void co_free(QLCoroutine *co);
@@ -62,6 +66,7 @@ static void co_thread_init(QLCoThread *t)
     t->current = &t->leader;
     t->initialised = true;
     pthread_setspecific(co_key, t);
+    co_tls_ptr = t;
 }
 
 /* Not inlined (and not analysed across calls): a coroutine that yields in
@@ -74,9 +79,10 @@ __attribute__((noinline))
 #endif
 QLCoThread *ql__co_thread(void)
 {
-    QLCoThread *t = &co_tls;
+    QLCoThread *t = co_tls_ptr;
 
-    if (__builtin_expect(!t->initialised, 0)) {
+    if (__builtin_expect(t == NULL, 0)) {
+        t = &co_tls;
         co_thread_init(t);
     }
     return t;
@@ -95,6 +101,7 @@ static void co_thread_exit(void *opaque)
     ql__co_stack_thread_exit(t);
     ql__co_overflow_thread_exit(t);
     t->initialised = false;
+    co_tls_ptr = NULL; /* a later use in this thread initialises it again */
 }
 
 const char *ql_coroutine_backend(void)
