@@ -16,11 +16,16 @@ struct QLChannel {
     bool socket;          /* recvmsg/sendmsg, MSG_DONTWAIT, MSG_NOSIGNAL */
     bool blocking;        /* QEMU's blocking mode (O_NONBLOCK mirrors it) */
     /* Coroutines waiting in ql_channel_yield, and the context whose fd
-     * handlers wake them (the waiting coroutine's context). */
+     * handler for that direction is installed (the waiting coroutine's
+     * context).  A handler stays installed while the coroutine it woke runs
+     * inside it, so one that waits again at once (a read loop) costs no fd
+     * registration; it is removed when the coroutine returns without
+     * waiting again. */
     QLCoroutine *read_co;
     QLCoroutine *write_co;
     QLContext *read_ctx;
     QLContext *write_ctx;
+    bool *freed;          /* set by ql_channel_free while a handler runs */
 };
 
 /* True inside a coroutine (false when coroutines are not built in). */

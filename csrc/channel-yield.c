@@ -15,39 +15,55 @@ bool ql__channel_in_coroutine(void)
     return ql_in_coroutine();
 }
 
-/* Register, in ctx, the handlers that the current waiters need. */
+/* Register, in ctx, the handlers of the directions armed in ctx. */
 static int update_handlers(QLChannel *ch, QLContext *ctx);
+
+/* The fd handler of one direction: wake its waiting coroutine.  The handler
+ * stays installed while that coroutine runs (ql_co_wake enters it right
+ * here when it belongs to this thread's context): if it waits again in the
+ * same direction before it returns - every read or write loop does - no fd
+ * registration changes, which saves two epoll_ctl calls per wait.  Otherwise
+ * the handler goes once the coroutine is back. */
+static void restart(QLChannel *ch, QLCoroutine **slot, QLContext **slot_ctx)
+{
+    QLCoroutine *co = *slot;
+    QLContext *ctx = *slot_ctx;
+    *slot = NULL;
+    if (co) {
+        bool freed = false;
+        bool *outer = ch->freed;
+        ch->freed = &freed;
+        ql_co_wake(co);
+        if (freed) {
+            return; /* the coroutine freed the channel */
+        }
+        ch->freed = outer;
+        if (*slot || *slot_ctx != ctx) {
+            return; /* waiting again, or the handler moved or went already */
+        }
+    }
+    *slot_ctx = NULL;
+    if (ctx) {
+        update_handlers(ch, ctx);
+    }
+}
 
 static void restart_read(void *opaque)
 {
     QLChannel *ch = opaque;
-    QLCoroutine *co = ch->read_co;
-    QLContext *ctx = ch->read_ctx;
-    ch->read_co = NULL;
-    ch->read_ctx = NULL;
-    if (co) {
-        update_handlers(ch, ctx);
-        ql_co_wake(co);
-    }
+    restart(ch, &ch->read_co, &ch->read_ctx);
 }
 
 static void restart_write(void *opaque)
 {
     QLChannel *ch = opaque;
-    QLCoroutine *co = ch->write_co;
-    QLContext *ctx = ch->write_ctx;
-    ch->write_co = NULL;
-    ch->write_ctx = NULL;
-    if (co) {
-        update_handlers(ch, ctx);
-        ql_co_wake(co);
-    }
+    restart(ch, &ch->write_co, &ch->write_ctx);
 }
 
 static int update_handlers(QLChannel *ch, QLContext *ctx)
 {
-    QLIOHandler *r = ch->read_co && ch->read_ctx == ctx ? restart_read : NULL;
-    QLIOHandler *w = ch->write_co && ch->write_ctx == ctx ? restart_write : NULL;
+    QLIOHandler *r = ch->read_ctx == ctx ? restart_read : NULL;
+    QLIOHandler *w = ch->write_ctx == ctx ? restart_write : NULL;
     if (ch->rfd == ch->wfd) {
         return ql_context_set_fd_handler(ctx, ch->rfd, r, w, NULL, ch);
     }
@@ -82,16 +98,22 @@ int ql_channel_yield(QLChannel *ch, int cond)
     if (*slot) {
         return -EBUSY;
     }
+    if (*slot_ctx != ctx) {
+        QLContext *old = *slot_ctx;
+        if (old) { /* installed in another context by an earlier wait */
+            *slot_ctx = NULL;
+            update_handlers(ch, old);
+        }
+        *slot_ctx = ctx;
+        int r = update_handlers(ch, ctx);
+        if (r < 0) {
+            *slot_ctx = NULL;
+            update_handlers(ch, ctx);
+            return r;
+        }
+    } /* else still installed: we run inside the handler that woke us */
     *slot = self;
-    *slot_ctx = ctx;
-    int r = update_handlers(ch, ctx);
-    if (r < 0) {
-        *slot = NULL;
-        *slot_ctx = NULL;
-        update_handlers(ch, ctx);
-        return r;
-    }
-    r = ql_coroutine_yield();
+    int r = ql_coroutine_yield();
     if (*slot == self) {
         /* Woken by someone else (ql_channel_wake, a direct enter). */
         *slot = NULL;

@@ -74,6 +74,9 @@ int ql_channel_free(QLChannel *ch)
         return 0;
     }
     int r = ql_channel_close(ch);
+    if (ch->freed) {
+        *ch->freed = true; /* a handler of this channel is on the stack */
+    }
     free(ch);
     return r;
 }

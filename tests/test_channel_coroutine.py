@@ -1,5 +1,6 @@
 """Channel waits inside coroutines: read_all/write_all/yield_ give control
 back to the loop (QEMU's qio_channel_yield) instead of blocking it."""
+import os
 import threading
 
 import pytest
@@ -352,3 +353,99 @@ def test_coroutine_woken_by_channel_survives_losing_its_last_outside_reference(w
         b.close()
     gc.collect()
     assert co_ref() is None
+
+
+def _epoll_members(ctx):
+    """fds registered in the context's epoll set, from /proc/self/fdinfo."""
+    with open("/proc/self/fdinfo/%d" % ctx.fileno()) as f:
+        return {int(line.split()[1]) for line in f if line.startswith("tfd:")}
+
+
+def _uses_epoll(ctx):
+    try:
+        with open("/proc/self/fdinfo/%d" % ctx.fileno()) as f:
+            return "tfd:" in f.read() or os.readlink("/proc/self/fd/%d" % ctx.fileno()) \
+                == "anon_inode:[eventpoll]"
+    except OSError:
+        return False
+
+
+def test_read_loop_keeps_its_fd_registered_between_waits():
+    """A coroutine woken by its fd that waits again before returning (every
+    read loop) finds its handler still installed: no fd registration per
+    wait.  Once it returns without waiting again, the handler goes, so
+    unread data does not keep the loop busy.  Checked in the kernel's own
+    view of the epoll set."""
+    with qloop.AioContext() as ctx:
+        if not _uses_epoll(ctx):
+            pytest.skip("the epoll fd monitor is not in use")
+        a, b = qloop.QIOChannelSocket.pair()
+        b.set_blocking(False)
+        fd = b.fileno()
+        seen = []
+
+        def reader():
+            for _ in range(3):
+                b.yield_(qloop.IO_IN)
+                seen.append(fd in _epoll_members(ctx))  # still registered
+                b.read(1)
+            # returns with data still unread: nobody waits any more
+
+        co = qloop.Coroutine(reader)
+        ctx.schedule_oneshot(co.enter)
+        for _ in range(3):
+            ctx.poll(blocking=False)
+        assert fd in _epoll_members(ctx)
+        a.write_all(b"xxxx")
+        for _ in range(10):
+            if co.done:
+                break
+            ctx.poll(blocking=True)
+        assert co.done and seen == [True, True, True]
+        assert fd not in _epoll_members(ctx)
+        assert ctx.poll(blocking=False) is False  # no handler left to run
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("how", ["close", "drop"])
+def test_coroutine_may_close_or_drop_the_channel_whose_handler_woke_it(how):
+    """The handler that woke the coroutine is still on the stack while it
+    runs; closing the channel, or dropping and freeing it, there is safe
+    (no fd handler left behind, no use of freed memory under ASan)."""
+    import gc
+
+    with qloop.AioContext() as ctx:
+        a, b = qloop.QIOChannelSocket.pair()
+        b.set_blocking(False)
+        box = {"b": b}
+        del b
+        got = []
+
+        def reader():
+            ch = box["b"]
+            ch.yield_(qloop.IO_IN)
+            got.append(ch.read(10))
+            fd = ch.fileno()
+            if how == "close":
+                ch.close()
+            else:
+                del box["b"], ch
+                gc.collect()
+            got.append(fd)
+
+        co = qloop.Coroutine(reader)
+        ctx.schedule_oneshot(co.enter)
+        ctx.poll(blocking=False)
+        a.write_all(b"hi")
+        for _ in range(10):
+            if co.done:
+                break
+            ctx.poll(blocking=True)
+        co.result()
+        assert got[0] == b"hi"
+        if _uses_epoll(ctx):
+            assert got[1] not in _epoll_members(ctx)
+        assert ctx.poll(blocking=False) is False
+        a.close()
+        box.clear()
