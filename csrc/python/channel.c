@@ -281,15 +281,31 @@ static PyObject *fdch_set_blocking(FdChannelObject *self, PyObject *arg)
 
 /* ---- single operations ------------------------------------------------- */
 
+/* read(n) reads into a spare bytes object of at least n bytes.  A short
+ * result (at most half of it) is copied into a new bytes object of its own
+ * size and the spare kept for the next read: a read(65536) that returns a
+ * 1 KiB message costs a 1 KiB copy instead of allocating 64 KiB and shrinking
+ * it.  A long result is handed out (shrunk in place if need be) and the next
+ * read makes a new spare.  One spare for all channels, guarded by the GIL; a
+ * read that releases the GIL (a blocking channel) owns it meanwhile. */
+#define READ_SPARE_MAX (256 * 1024)
+static PyObject *read_spare;
+
 static PyObject *fdch_read(FdChannelObject *self, PyObject *arg)
 {
     Py_ssize_t n = parse_size(arg, "n");
-    if (n < 0 || check_open(self) < 0 || qlpy_check_switchable("read_all()") < 0) {
+    if (n < 0 || check_open(self) < 0 || qlpy_check_switchable("read()") < 0) {
         return NULL;
     }
-    PyObject *b = PyBytes_FromStringAndSize(NULL, n);
-    if (!b) {
-        return NULL;
+    PyObject *b = NULL;
+    if (read_spare && PyBytes_GET_SIZE(read_spare) >= n) {
+        b = read_spare;
+        read_spare = NULL;
+    } else {
+        b = PyBytes_FromStringAndSize(NULL, n);
+        if (!b) {
+            return NULL;
+        }
     }
     ssize_t r;
     QLChannel *ch = ch_enter(self);
@@ -299,23 +315,32 @@ static PyObject *fdch_read(FdChannelObject *self, PyObject *arg)
             break;
         }
         if (interrupted() < 0) {
-            ch_leave(self);
-            Py_DECREF(b);
-            return NULL;
+            break;
         }
     }
     ch_leave(self);
-    if (r < 0) {
+    Py_ssize_t size = PyBytes_GET_SIZE(b);
+    if (r >= 0 && r == size) {
+        return b;
+    }
+    PyObject *out = NULL;
+    if (r >= 0 && r > size / 2) {
+        _PyBytes_Resize(&b, r); /* hand it out; on failure b is NULL */
+        return b;
+    }
+    if (r >= 0) {
+        out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(b), r);
+    } else if (r == QL_CHANNEL_ERR_BLOCK) {
+        out = Py_NewRef(Py_None);
+    } else if (r != -EINTR) {
+        out = raise_err(r);
+    } /* else: interrupted, the exception is set */
+    if (!read_spare && size > 0 && size <= READ_SPARE_MAX) {
+        read_spare = b;
+    } else {
         Py_DECREF(b);
-        if (r == QL_CHANNEL_ERR_BLOCK) {
-            Py_RETURN_NONE;
-        }
-        return raise_err(r);
     }
-    if (r != n && _PyBytes_Resize(&b, r) < 0) {
-        return NULL;
-    }
-    return b;
+    return out;
 }
 
 static PyObject *fdch_readinto(FdChannelObject *self, PyObject *arg)
