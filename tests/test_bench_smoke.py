@@ -234,3 +234,14 @@ def test_every_bench_file_is_installed():
     missing = [n for n in files if "'qloop/bench/%s'" % n not in build]
     assert missing == [], "add these to meson.build: %s" % missing
     assert "'qloop/_bench.py'" in build
+
+
+def test_fdwatch_floor_reports_the_cpu_time_of_its_own_process():
+    """The C floor runs in a child process: its record's CPU time is that
+    process's, not the idle Python parent's (which would make it look free)."""
+    from qloop.bench import fdwatch
+    from qloop.bench._common import measure
+    rec = measure(fdwatch, "c_epoll", 2000, "coro")
+    assert rec["per_op_ns"] > 0
+    # six system calls per round trip cannot cost under 100 ns of CPU
+    assert rec["cpu_per_op_ns"] > 100, rec

@@ -122,6 +122,8 @@ def measure(mod, impl, n=None, variant=None, **opts):
     try:
         res = mod.IMPLS[impl](n, variant, opts)
         cpu = None if _cpu_mark[0] is None else time.process_time() - _cpu_mark[0]
+        # an impl that ran in a child process reports that process's CPU
+        cpu = res.pop("cpu_seconds", cpu)
     except (NotAvailable, NotImplementedError) as e:
         rec.update(status="n/a", reason=str(e) or type(e).__name__)
         rec["python"] = sys.version.split()[0]
@@ -178,6 +180,21 @@ def cache_dir():
     d = os.path.join(base, "qloop-bench")
     os.makedirs(d, exist_ok=True)
     return d
+
+
+def c_helper(src_name):
+    """Path of the bench's C helper ``src_name`` (a .c file beside this
+    module, plain C with no dependencies), compiled with $CC (default cc)
+    -O2 into cache_dir() unless an up-to-date build is there."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), src_name)
+    exe = os.path.join(cache_dir(), os.path.splitext(src_name)[0])
+    if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
+        import subprocess
+        cc = os.environ.get("CC", "cc")
+        tmp = exe + ".%d" % os.getpid()
+        subprocess.run([cc, "-O2", "-o", tmp, src], check=True)
+        os.replace(tmp, exe)
+    return exe
 
 
 def qloop_driver(ctx):

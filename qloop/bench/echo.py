@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 
-from ._common import cache_dir, cli, qloop_api
+from ._common import c_helper, cli, qloop_api
 
 NAME = "echo"
 VARIANTS = ("1k", "64k")
@@ -54,15 +54,8 @@ def add_arguments(p):
 # ---- the client ------------------------------------------------------------
 
 def client_path():
-    """Compile echo_client.c into the cache dir unless an up-to-date build is there."""
-    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "echo_client.c")
-    exe = os.path.join(cache_dir(), "echo_client")
-    if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
-        cc = os.environ.get("CC", "cc")
-        tmp = exe + ".%d" % os.getpid()
-        subprocess.run([cc, "-O2", "-o", tmp, src], check=True)
-        os.replace(tmp, exe)
-    return exe
+    """The compiled echo_client.c (built on first use)."""
+    return c_helper("echo_client.c")
 
 
 def _proc_usage(pid):

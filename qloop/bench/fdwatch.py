@@ -19,18 +19,23 @@ the read handler wakes the waiting one with qloop.co_wake (coro_oneshot:
 the handler is set before and removed after each wait).
 asyncio/uvloop: add_reader (coro: a future per wait); gevent: loop.io
 watchers (coro: hub.wait(watcher); coro_oneshot: gevent.socket.wait_read).
+c_epoll (the floor): fdwatch_floor.c, the same round trips in C with one
+epoll set and no loop - the six system calls per round trip that every impl
+makes (coro_oneshot: plus an epoll_ctl add and delete per wait).
 """
+import json
 import os
+import subprocess
 import sys
 
-from ._common import cli, new_aio_loop, now, qloop_api, qloop_driver, qloop_run, settle
+from ._common import c_helper, cli, new_aio_loop, now, qloop_api, qloop_driver, qloop_run, settle
 
 NAME = "fdwatch"
 VARIANTS = ("callback", "coro", "coro_oneshot")
 DEFAULT_N = 100_000
 QUICK_N = 10_000
 CALLGRIND_N = 2_000
-FLOORS = ()
+FLOORS = ("c_epoll",)
 REQUIRES = {"uvloop": "uvloop", "gevent": "gevent"}
 
 
@@ -322,11 +327,23 @@ def run_gevent(n, variant, opts):
     return {"seconds": t1 - t0, "spurious_wakeups": spurious}
 
 
+def run_c_floor(n, variant, opts):
+    exe = c_helper("fdwatch_floor.c")
+    settle()
+    out = subprocess.run([exe, str(n), variant], check=True, capture_output=True, text=True,
+                         timeout=600).stdout
+    res = json.loads(out)
+    assert res["round_trips"] == n, res
+    return {"seconds": res["seconds"], "cpu_seconds": res["cpu_seconds"],
+            "spurious_wakeups": 0}
+
+
 IMPLS = {
     "qloop": run_qloop,
     "asyncio": run_aio("asyncio"),
     "uvloop": run_aio("uvloop"),
     "gevent": run_gevent,
+    "c_epoll": run_c_floor,
 }
 
 if __name__ == "__main__":
