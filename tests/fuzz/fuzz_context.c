@@ -685,6 +685,7 @@ static void prog_entry(void *opaque)
         P_CALL(ql_co_mutex_unlock(pmutex));
         plog(&real_plog, id, PC_END_MUTEX, RES_OK);
     }
+    pc = PC_END_RW;
     if (rw != RW_NONE) {
         if (rw == RW_READ) {
             p_rw_readers--;
