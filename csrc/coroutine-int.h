@@ -21,6 +21,25 @@
 #endif
 #endif
 
+/* ThreadSanitizer follows one stack per thread unless told about switches:
+ * with QL_CO_TSAN every coroutine gets a TSan fiber (created with the
+ * coroutine, destroyed when it ends or is freed unstarted), each thread's
+ * own stack keeps the thread's fiber, and every switch calls
+ * __tsan_switch_to_fiber() right before control moves to the other stack.
+ * The switch synchronises (flags 0): the coroutines of one chain run one
+ * after the other, so what one did happens before what the next one does. */
+#if defined(__SANITIZE_THREAD__)
+#define QL_CO_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define QL_CO_TSAN 1
+#endif
+#endif
+#ifdef QL_CO_TSAN
+#include <sanitizer/tsan_interface.h>
+#include <ucontext.h>
+#endif
+
 /* What a switch tells the coroutine it lands in. */
 enum {
     QL_CO_YIELD = 1,     /* the coroutine yielded back to its caller */
@@ -52,6 +71,12 @@ typedef struct QLCoStack {
     struct QLCoSlab *slab;      /* slab it belongs to (NULL for a leader) */
     sigjmp_buf env;             /* ucontext: saved context while switched out */
     sigjmp_buf start_env;       /* ucontext: trampoline entry point */
+#ifdef QL_CO_TSAN
+    /* TSan fiber of the coroutine that owns the stack (the thread's own
+     * fiber for a leader); switches go to it.  NULL while pooled. */
+    void *tsan_fiber;
+    ucontext_t tsan_uc;         /* ucontext: start of the next coroutine */
+#endif
 } QLCoStack;
 
 struct QLCoroutine {
@@ -100,6 +125,14 @@ struct QLCoroutine {
     size_t asan_size;
 #endif
 };
+
+#ifdef QL_CO_TSAN
+/* Tell TSan that control moves to the coroutine owning stack `to`: use
+ * right before the switch, once nothing else is done on the current stack.
+ * A macro, not a function: an instrumented function would enter in one
+ * fiber and return in the other (unbalancing both shadow call stacks). */
+#define ql__co_tsan_switch(to) __tsan_switch_to_fiber((to)->tsan_fiber, 0)
+#endif
 
 /* Per-thread coroutine state (coroutine.c). */
 typedef struct QLCoThread {

@@ -7,6 +7,14 @@
  * sigsetjmp(from, 0) + siglongjmp(to): savemask 0 means no signal-mask
  * system call per switch (swapcontext() would make one).  Starting a new
  * coroutine on the stack jumps to the recorded entry point again.
+ *
+ * Under ThreadSanitizer (QL_CO_TSAN) TSan checks every siglongjmp against
+ * the sigsetjmp calls it saw in the current fiber, and each coroutine has
+ * its own fiber: an entry point recorded once per stack would belong to
+ * another fiber (TSan aborts on the jump).  There every coroutine starts
+ * with its own makecontext() + setcontext() instead, in its own fiber, and
+ * the fiber switch sits between the sigsetjmp that saves the current
+ * context and the jump.
  */
 
 /* The fortified longjmp refuses to jump to another stack. */
@@ -48,11 +56,22 @@ static void uc_trampoline(void)
     ql__coroutine_main(ql__co_thread()->current);
 }
 
+#ifdef QL_CO_TSAN
+static void uc_tsan_start(void)
+{
+    ql__coroutine_main(ql__co_thread()->current);
+}
+#endif
+
 static int uc_stack_init(QLCoStack *st)
 {
     ucontext_t uc;
     sigjmp_buf back;
 
+#ifdef QL_CO_TSAN
+    (void)st;
+    return 0; /* uc_prepare does it per coroutine */
+#endif
     if (getcontext(&uc) < 0) {
         return -errno;
     }
@@ -81,6 +100,16 @@ static void uc_prepare(QLCoStack *st, QLCoroutine *co)
 {
     (void)co;
     st->fresh = true;
+#ifdef QL_CO_TSAN
+    if (getcontext(&st->tsan_uc) < 0) {
+        abort(); /* cannot fail on Linux */
+    }
+    st->tsan_uc.uc_link = NULL;
+    st->tsan_uc.uc_stack.ss_sp = st->base;
+    st->tsan_uc.uc_stack.ss_size = st->size;
+    st->tsan_uc.uc_stack.ss_flags = 0;
+    makecontext(&st->tsan_uc, uc_tsan_start, 0);
+#endif
 }
 
 static int uc_swap(QLCoStack *from, QLCoStack *to, int action)
@@ -88,6 +117,14 @@ static int uc_swap(QLCoStack *from, QLCoStack *to, int action)
     int ret = sigsetjmp(from->env, 0);
 
     if (ret == 0) {
+#ifdef QL_CO_TSAN
+        ql__co_tsan_switch(to);
+        if (to->fresh) {
+            to->fresh = false;
+            setcontext(&to->tsan_uc);
+            abort();
+        }
+#endif
         if (to->fresh) {
             to->fresh = false;
             siglongjmp(to->start_env, action);

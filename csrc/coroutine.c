@@ -64,6 +64,11 @@ static void co_thread_init(QLCoThread *t)
     t->leader.refcnt = 1;
     t->leader.started = true;
     t->current = &t->leader;
+#ifdef QL_CO_TSAN
+    /* Runs on the thread's own stack (a thread first touches coroutines
+     * from outside any), so this is the thread's fiber. */
+    t->leader_stack.tsan_fiber = __tsan_get_current_fiber();
+#endif
     t->initialised = true;
     pthread_setspecific(co_key, t);
     co_tls_ptr = t;
@@ -141,6 +146,13 @@ static inline __attribute__((always_inline)) int co_switch(QLCoThread *t, QLCoro
                                    to->asan_bottom, to->asan_size);
 #endif
     t->current = to;
+#if defined(QL_CO_TSAN) && defined(QL_CO_HAVE_ASM)
+    /* The ucontext backend switches fibers itself, between its sigsetjmp
+     * and siglongjmp (TSan records jump buffers per fiber). */
+    if (ql__co_ops == &ql__co_switch_asm) {
+        ql__co_tsan_switch(to->stack);
+    }
+#endif
 #ifdef QL_CO_HAVE_ASM
     /* A direct call is cheaper than the indirect one. */
     if (__builtin_expect(ql__co_ops == &ql__co_switch_asm, 1)) {
@@ -171,6 +183,17 @@ void ql__coroutine_main(QLCoroutine *co)
 }
 
 /* ---- records ---------------------------------------------------------- */
+
+/* The stack's owner is gone: drop its TSan fiber (never the running one:
+ * called after switching away from it, or for a coroutine never entered). */
+static void co_stack_put(QLCoThread *t, QLCoStack *st)
+{
+#ifdef QL_CO_TSAN
+    __tsan_destroy_fiber(st->tsan_fiber);
+    st->tsan_fiber = NULL;
+#endif
+    ql__co_stack_put(t, st);
+}
 
 static void co_free(QLCoroutine *co)
 {
@@ -237,6 +260,9 @@ QLCoroutine *ql_coroutine_create_full(QLCoroutineFunc *entry, void *opaque, size
      * of the coroutine that ended on it. */
     __asan_unpoison_memory_region(st->base, st->size);
 #endif
+#ifdef QL_CO_TSAN
+    st->tsan_fiber = __tsan_create_fiber(0);
+#endif
     ql__co_ops->prepare(st, co);
     return co;
 }
@@ -259,7 +285,7 @@ void ql_coroutine_unref(QLCoroutine *co)
         /* Finished, or never entered and nobody else holds it (so nothing
          * can run it any more). */
         if (co->stack) {
-            ql__co_stack_put(ql__co_thread(), co->stack);
+            co_stack_put(ql__co_thread(), co->stack);
             co->stack = NULL;
         }
         co_release(co);
@@ -272,7 +298,7 @@ static void co_terminated(QLCoThread *t, QLCoroutine *co)
     if (co->locks_held) {
         ql__misuse(-EDEADLK, "Co-routine terminated holding %d lock(s)", co->locks_held);
     }
-    ql__co_stack_put(t, co->stack);
+    co_stack_put(t, co->stack);
     co->stack = NULL;
     __atomic_store_n(&co->finished, true, __ATOMIC_RELEASE);
     if (__atomic_sub_fetch(&co->refcnt, 1, __ATOMIC_ACQ_REL) == 0) {

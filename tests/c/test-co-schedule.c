@@ -161,6 +161,7 @@ struct worker {
     QLCoroutine *co;
     int ready;          /* atomic: co is suspended and published */
     int done;           /* atomic */
+    int woken;          /* atomic: the waker's ql_co_wake() has returned */
     pid_t ran_in;
     pid_t worker_tid;
 };
@@ -186,6 +187,12 @@ static void *worker_main(void *opaque)
     while (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) {
         ql_context_poll(w->ctx, true);
     }
+    /* The coroutine can run (and set done) while the waker is still inside
+     * ql_co_wake(), touching the context's scheduling BH: the context may
+     * only be freed once that call has returned. */
+    while (!__atomic_load_n(&w->woken, __ATOMIC_ACQUIRE)) {
+        sched_yield();
+    }
     ql_context_set_current(NULL);
     ql_context_free(w->ctx);
     return NULL;
@@ -201,6 +208,7 @@ static void test_co_wake_from_other_thread_runs_in_its_context_thread(void)
         sched_yield();
     }
     QL_CHECK_EQ(ql_co_wake(w.co), 0);
+    __atomic_store_n(&w.woken, 1, __ATOMIC_RELEASE);
     pthread_join(th, NULL);
     QL_CHECK_EQ(w.ran_in, w.worker_tid);
     QL_CHECK(w.ran_in != tid());

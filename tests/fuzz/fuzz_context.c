@@ -19,6 +19,11 @@
  * fd handlers run in an unspecified order: runs of fd entries in the logs
  * are compared as sets.
  *
+ * Coroutines: up to 6 contend for a CoMutex in critical sections (mutual
+ * exclusion, FIFO hand-off), and up to 6 more run byte-coded programs of
+ * CoQueue, CoMutex and CoRwlock steps checked against a model of the
+ * scheduler and of the primitives (see "coroutine programs" below).
+ *
  * Build: ci/fuzz (clang -fsanitize=fuzzer,address,undefined).
  */
 #include "qloop/qloop.h"
@@ -38,6 +43,10 @@
 #define MAXLOG 8192
 #define MAXDEPTH 3
 #define MAXOPS 400
+/* Operation codes: input byte % NOPS.  New operations get new codes at the
+ * end, so that older inputs (corpus, regressions: written with op bytes
+ * below the old count) keep their meaning. */
+#define NOPS 29
 
 #define FAIL(...)                                                              \
     do {                                                                       \
@@ -421,6 +430,772 @@ static void co_finish_all(void)
     }
 }
 
+/* ---- coroutine programs: CoQueue, CoMutex and CoRwlock ------------------------
+ * Up to NPROG coroutines each run a program of up to PROG_MAX steps (one
+ * input byte each) on their own objects: a CoMutex `pmutex`, two CoQueues
+ * and a CoRwlock.  The same programs run on a reference model of the
+ * scheduler and of the three primitives; every step a coroutine completes
+ * is logged with its result (real and model), and after every operation
+ * the logs, the CoMutex holder, the CoRwlock holders and the queues'
+ * emptiness must match.
+ *
+ * Model (csrc/coroutine.c, csrc/co-schedule.c, csrc/co-lock.c):
+ *   - entering a coroutine from outside runs it until it yields or blocks,
+ *     then the coroutines it woke (deferred wakes: a wake from inside a
+ *     coroutine runs when the waker switches away), depth-first in FIFO
+ *     order; a wake from outside any coroutine enters the woken one at once;
+ *   - CoQueue: wait appends, wait_insert_head prepends; next wakes the head
+ *     (returns whether there was one); restart_all wakes all, head first; a
+ *     wait with the CoMutex releases it (hand-off) after queueing and
+ *     retakes it (queueing for it again) once woken;
+ *   - CoMutex: hand-off to the first waiter at unlock, no barging;
+ *   - CoRwlock: rdlock is granted when free, or read-held with no ticket
+ *     queued (a queued writer blocks new readers); wrlock only when free;
+ *     otherwise a FIFO ticket; an unlock (and a downgrade) admits from the
+ *     head: consecutive readers, or one writer once free; upgrade is
+ *     immediate for the only reader with no ticket queued, otherwise it
+ *     drops the read hold and queues a writer ticket at the tail;
+ *     downgrade turns the writer into the only reader.
+ * A step that would be misuse for the coroutine's holds (lock twice,
+ * unlock what it does not hold) is skipped, logged as such on both sides.
+ * To keep every schedule deadlock-free, a coroutine takes a lock only
+ * while it holds none; it may wait on a queue holding the CoMutex (passed
+ * to the wait, or kept) or a CoRwlock hold.  At the end of its program it
+ * releases what it still holds.  Teardown enters what can be entered and
+ * restarts the queues from outside until every program finished. */
+
+#define NPROG 6
+#define PROG_MAX 8
+#define NQUEUE 2
+
+enum {
+    ST_YIELD, ST_MLOCK, ST_MUNLOCK, ST_QWAIT, ST_QWAIT_HEAD, ST_QNEXT, ST_QRESTART,
+    ST_QEMPTY, ST_RDLOCK, ST_WRLOCK, ST_RWUNLOCK, ST_UPGRADE, ST_DOWNGRADE, ST_NKINDS
+};
+/* Log entries: TAG_PROG + id * 1000 + pc * 10 + result; pc PROG_MAX and
+ * PROG_MAX + 1 are the final CoMutex / CoRwlock releases, PROG_MAX + 2 the
+ * end.  Results: 0 done, 1 true (next/empty), 2 skipped. */
+enum { TAG_PROG = 40000, RES_OK = 0, RES_TRUE = 1, RES_SKIP = 2 };
+enum { PC_END_MUTEX = PROG_MAX, PC_END_RW = PROG_MAX + 1, PC_END = PROG_MAX + 2 };
+/* Where a program coroutine stands, as far as the harness is concerned. */
+enum { P_FREE, P_NEW, P_SUSPENDED, P_BLOCKED, P_RUNNING, P_DONE };
+enum { RW_NONE, RW_READ, RW_WRITE };
+
+typedef struct Prog {
+    int n;
+    uint8_t step[PROG_MAX];
+} Prog;
+
+/* Real side. */
+typedef struct PCo {
+    QLCoroutine *co;
+    Prog prog;
+    int state;          /* set by the coroutine itself */
+} PCo;
+
+static PCo pco[NPROG];
+static int nprog;
+static QLCoMutex *pmutex;
+static QLCoQueue *pqueue[NQUEUE];
+static QLCoRwlock *prw;
+static int p_mutex_holder = -1;  /* shadow of who holds what, checked on */
+static int p_rw_readers;         /* every acquisition by the coroutines */
+static int p_rw_writer = -1;
+static Log real_plog, model_plog;
+
+static int step_kind(uint8_t b)
+{
+    return b % ST_NKINDS;
+}
+
+static int step_queue(uint8_t b)
+{
+    return (b / ST_NKINDS) % NQUEUE;
+}
+
+static bool step_with_mutex(uint8_t b)
+{
+    return ((b / ST_NKINDS) / NQUEUE) % 2 == 0;
+}
+
+static void plog(Log *l, int id, int pc, int r)
+{
+    log_add(l, TAG_PROG + id * 1000 + pc * 10 + r);
+}
+
+static void p_got_read(int id)
+{
+    if (p_rw_writer != -1) {
+        FAIL("program %d got a read hold while %d writes", id, p_rw_writer);
+    }
+    p_rw_readers++;
+}
+
+static void p_got_write(int id)
+{
+    if (p_rw_writer != -1 || p_rw_readers != 0) {
+        FAIL("program %d got the write hold while %d writes, %d read", id, p_rw_writer,
+             p_rw_readers);
+    }
+    p_rw_writer = id;
+}
+
+static void p_got_mutex(int id)
+{
+    if (p_mutex_holder != -1) {
+        FAIL("program %d got the CoMutex held by %d", id, p_mutex_holder);
+    }
+    if (ql_co_mutex_holder(pmutex) != ql_coroutine_self()) {
+        FAIL("program %d: ql_co_mutex_holder() is not the coroutine that locked", id);
+    }
+    p_mutex_holder = id;
+}
+
+#define P_CALL(expr)                                                           \
+    do {                                                                       \
+        int r_ = (expr);                                                       \
+        if (r_ != 0) {                                                         \
+            FAIL("program %d step %d: %s = %d", id, pc, #expr, r_);            \
+        }                                                                      \
+    } while (0)
+
+static void prog_entry(void *opaque)
+{
+    PCo *c = opaque;
+    int id = (int)(c - pco);
+    bool mutex = false;
+    int rw = RW_NONE;
+
+    c->state = P_RUNNING;
+    for (int pc = 0; pc < c->prog.n; pc++) {
+        uint8_t b = c->prog.step[pc];
+        int q = step_queue(b), r = RES_OK;
+        switch (step_kind(b)) {
+        case ST_YIELD:
+            c->state = P_SUSPENDED;
+            P_CALL(ql_coroutine_yield());
+            c->state = P_RUNNING;
+            break;
+        case ST_MLOCK:
+            if (mutex || rw != RW_NONE) {
+                r = RES_SKIP;
+                break;
+            }
+            c->state = P_BLOCKED;
+            P_CALL(ql_co_mutex_lock(pmutex));
+            c->state = P_RUNNING;
+            p_got_mutex(id);
+            mutex = true;
+            break;
+        case ST_MUNLOCK:
+            if (!mutex) {
+                r = RES_SKIP;
+                break;
+            }
+            p_mutex_holder = -1;
+            mutex = false;
+            P_CALL(ql_co_mutex_unlock(pmutex));
+            break;
+        case ST_QWAIT:
+        case ST_QWAIT_HEAD: {
+            bool with = mutex && step_with_mutex(b);
+            if (with) {
+                p_mutex_holder = -1;
+            }
+            c->state = P_BLOCKED;
+            if (step_kind(b) == ST_QWAIT) {
+                P_CALL(ql_co_queue_wait(pqueue[q], with ? pmutex : NULL));
+            } else {
+                P_CALL(ql_co_queue_wait_insert_head(pqueue[q], with ? pmutex : NULL));
+            }
+            c->state = P_RUNNING;
+            if (with) {
+                p_got_mutex(id);
+            }
+            break;
+        }
+        case ST_QNEXT:
+            r = ql_co_queue_next(pqueue[q]) ? RES_TRUE : RES_OK;
+            break;
+        case ST_QRESTART:
+            ql_co_queue_restart_all(pqueue[q]);
+            break;
+        case ST_QEMPTY:
+            r = ql_co_queue_empty(pqueue[q]) ? RES_TRUE : RES_OK;
+            break;
+        case ST_RDLOCK:
+        case ST_WRLOCK:
+            if (mutex || rw != RW_NONE) {
+                r = RES_SKIP;
+                break;
+            }
+            c->state = P_BLOCKED;
+            if (step_kind(b) == ST_RDLOCK) {
+                P_CALL(ql_co_rwlock_rdlock(prw));
+                p_got_read(id);
+                rw = RW_READ;
+            } else {
+                P_CALL(ql_co_rwlock_wrlock(prw));
+                p_got_write(id);
+                rw = RW_WRITE;
+            }
+            c->state = P_RUNNING;
+            break;
+        case ST_RWUNLOCK:
+            if (rw == RW_NONE) {
+                r = RES_SKIP;
+                break;
+            }
+            if (rw == RW_READ) {
+                p_rw_readers--;
+            } else {
+                p_rw_writer = -1;
+            }
+            rw = RW_NONE;
+            P_CALL(ql_co_rwlock_unlock(prw));
+            break;
+        case ST_UPGRADE:
+            if (rw != RW_READ) {
+                r = RES_SKIP;
+                break;
+            }
+            p_rw_readers--;
+            c->state = P_BLOCKED;
+            P_CALL(ql_co_rwlock_upgrade(prw));
+            c->state = P_RUNNING;
+            p_got_write(id);
+            rw = RW_WRITE;
+            break;
+        case ST_DOWNGRADE:
+            if (rw != RW_WRITE) {
+                r = RES_SKIP;
+                break;
+            }
+            p_rw_writer = -1;
+            P_CALL(ql_co_rwlock_downgrade(prw));
+            p_got_read(id);
+            rw = RW_READ;
+            break;
+        }
+        plog(&real_plog, id, pc, r);
+    }
+    int pc = PC_END_MUTEX;
+    if (mutex) {
+        p_mutex_holder = -1;
+        P_CALL(ql_co_mutex_unlock(pmutex));
+        plog(&real_plog, id, PC_END_MUTEX, RES_OK);
+    }
+    pc = PC_END_RW;
+    if (rw != RW_NONE) {
+        if (rw == RW_READ) {
+            p_rw_readers--;
+        } else {
+            p_rw_writer = -1;
+        }
+        P_CALL(ql_co_rwlock_unlock(prw));
+        plog(&real_plog, id, PC_END_RW, RES_OK);
+    }
+    plog(&real_plog, id, PC_END, RES_OK);
+    c->state = P_DONE;
+}
+
+/* Model side. */
+enum {
+    W_NONE,     /* not waiting */
+    W_MUTEX,    /* for the CoMutex (MLOCK) */
+    W_QUEUE,    /* on a CoQueue */
+    W_REMUTEX,  /* woken from a CoQueue, waiting to retake the CoMutex */
+    W_RW,       /* for the CoRwlock (RDLOCK, WRLOCK, UPGRADE) */
+};
+
+typedef struct MPCo {
+    int status;         /* P_NEW, P_SUSPENDED, P_BLOCKED, P_DONE */
+    int pc;
+    int wait;           /* W_* while P_BLOCKED, or on its way out of one */
+    bool qwait_mutex;   /* the CoQueue wait passed the CoMutex */
+    bool mutex;
+    int rw;
+    int wakeups[NPROG]; /* deferred wakes made while running */
+    int nwakeups;
+} MPCo;
+
+typedef struct MFifo {
+    int e[NPROG];
+    int n;
+} MFifo;
+
+static MPCo mp[NPROG];
+static int mp_current = -1;     /* model coroutine running, or -1 */
+static int mp_mutex_holder = -1;
+static MFifo mp_mutex_wq;
+static MFifo mp_queue[NQUEUE];
+static int mp_rw_owners;        /* >0 readers, -1 a writer */
+static int mp_rw_writer = -1;
+static MFifo mp_rw_tickets;
+static int mp_ticket_write[NPROG]; /* kind of each coroutine's ticket */
+
+static void fifo_push(MFifo *f, int id, bool front)
+{
+    if (f->n >= NPROG) {
+        FAIL("model fifo overflow");
+    }
+    if (front) {
+        memmove(f->e + 1, f->e, f->n * sizeof *f->e);
+        f->e[0] = id;
+        f->n++;
+    } else {
+        f->e[f->n++] = id;
+    }
+}
+
+static int fifo_pop(MFifo *f)
+{
+    if (f->n == 0) {
+        return -1;
+    }
+    int id = f->e[0];
+    f->n--;
+    memmove(f->e, f->e + 1, f->n * sizeof *f->e);
+    return id;
+}
+
+static void mp_enter(int id);
+
+/* ql_co_wake() of a model coroutine. */
+static void mp_wake(int id)
+{
+    if (mp_current >= 0) {
+        MPCo *w = &mp[mp_current];
+        w->wakeups[w->nwakeups++] = id;
+    } else {
+        mp_enter(id);
+    }
+}
+
+static void mp_mutex_unlock(int id)
+{
+    (void)id;
+    int next = fifo_pop(&mp_mutex_wq);
+    mp_mutex_holder = next;
+    if (next >= 0) {
+        mp_wake(next);
+    }
+}
+
+/* rw_admit + wake_chain; returns the first admitted (or -1). */
+static int mp_rw_admit(int *admitted, int *n)
+{
+    *n = 0;
+    while (mp_rw_tickets.n > 0) {
+        int co = mp_rw_tickets.e[0];
+        if (!mp_ticket_write[co] && mp_rw_owners >= 0) {
+            mp_rw_owners++;
+        } else if (mp_ticket_write[co] && mp_rw_owners == 0) {
+            mp_rw_owners = -1;
+            mp_rw_writer = co;
+        } else {
+            break;
+        }
+        fifo_pop(&mp_rw_tickets);
+        admitted[(*n)++] = co;
+        if (mp_rw_owners < 0) {
+            break;
+        }
+    }
+    return *n ? admitted[0] : -1;
+}
+
+static void mp_wake_all(const int *ids, int n)
+{
+    for (int i = 0; i < n; i++) {
+        mp_wake(ids[i]);
+    }
+}
+
+/* Run model coroutine id (current) from where it stands until it yields,
+ * blocks or ends.  A coroutine coming back from a wait completes that
+ * step first. */
+static void mp_run(int id)
+{
+    MPCo *c = &mp[id];
+
+    /* Resuming: finish the step it stopped in. */
+    if (c->status == P_SUSPENDED) {
+        plog(&model_plog, id, c->pc, RES_OK);
+        c->pc++;
+    } else if (c->status == P_BLOCKED) {
+        uint8_t b = pco[id].prog.step[c->pc];
+        switch (c->wait) {
+        case W_MUTEX:
+            c->mutex = true; /* handed off */
+            break;
+        case W_QUEUE:
+            if (c->qwait_mutex) {
+                if (mp_mutex_holder >= 0) {
+                    fifo_push(&mp_mutex_wq, id, false);
+                    c->wait = W_REMUTEX;
+                    return;
+                }
+                mp_mutex_holder = id;
+            }
+            break;
+        case W_REMUTEX:
+            break; /* handed off */
+        case W_RW:
+            c->rw = step_kind(b) == ST_RDLOCK ? RW_READ : RW_WRITE;
+            break;
+        }
+        c->wait = W_NONE;
+        plog(&model_plog, id, c->pc, RES_OK);
+        c->pc++;
+    }
+    c->status = P_RUNNING;
+    for (; c->pc < pco[id].prog.n; c->pc++) {
+        uint8_t b = pco[id].prog.step[c->pc];
+        int q = step_queue(b), r = RES_OK;
+        switch (step_kind(b)) {
+        case ST_YIELD:
+            c->status = P_SUSPENDED;
+            return;
+        case ST_MLOCK:
+            if (c->mutex || c->rw != RW_NONE) {
+                r = RES_SKIP;
+                break;
+            }
+            if (mp_mutex_holder >= 0) {
+                fifo_push(&mp_mutex_wq, id, false);
+                c->status = P_BLOCKED;
+                c->wait = W_MUTEX;
+                return;
+            }
+            mp_mutex_holder = id;
+            c->mutex = true;
+            break;
+        case ST_MUNLOCK:
+            if (!c->mutex) {
+                r = RES_SKIP;
+                break;
+            }
+            c->mutex = false;
+            mp_mutex_unlock(id);
+            break;
+        case ST_QWAIT:
+        case ST_QWAIT_HEAD: {
+            bool with = c->mutex && step_with_mutex(b);
+            fifo_push(&mp_queue[q], id, step_kind(b) == ST_QWAIT_HEAD);
+            c->qwait_mutex = with;
+            if (with) {
+                mp_mutex_unlock(id);
+            }
+            c->status = P_BLOCKED;
+            c->wait = W_QUEUE;
+            return;
+        }
+        case ST_QNEXT: {
+            int w = fifo_pop(&mp_queue[q]);
+            if (w >= 0) {
+                mp_wake(w);
+                r = RES_TRUE;
+            }
+            break;
+        }
+        case ST_QRESTART: {
+            MFifo all = mp_queue[q];
+            mp_queue[q].n = 0;
+            mp_wake_all(all.e, all.n);
+            break;
+        }
+        case ST_QEMPTY:
+            r = mp_queue[q].n == 0 ? RES_TRUE : RES_OK;
+            break;
+        case ST_RDLOCK:
+        case ST_WRLOCK: {
+            bool write = step_kind(b) == ST_WRLOCK;
+            if (c->mutex || c->rw != RW_NONE) {
+                r = RES_SKIP;
+                break;
+            }
+            if (!write && (mp_rw_owners == 0 || (mp_rw_owners > 0 && mp_rw_tickets.n == 0))) {
+                mp_rw_owners++;
+                c->rw = RW_READ;
+            } else if (write && mp_rw_owners == 0) {
+                mp_rw_owners = -1;
+                mp_rw_writer = id;
+                c->rw = RW_WRITE;
+            } else {
+                mp_ticket_write[id] = write;
+                fifo_push(&mp_rw_tickets, id, false);
+                c->status = P_BLOCKED;
+                c->wait = W_RW;
+                return;
+            }
+            break;
+        }
+        case ST_RWUNLOCK: {
+            int adm[NPROG], n;
+            if (c->rw == RW_NONE) {
+                r = RES_SKIP;
+                break;
+            }
+            if (c->rw == RW_WRITE) {
+                mp_rw_owners = 0;
+                mp_rw_writer = -1;
+            } else {
+                mp_rw_owners--;
+            }
+            c->rw = RW_NONE;
+            mp_rw_admit(adm, &n);
+            mp_wake_all(adm, n);
+            break;
+        }
+        case ST_UPGRADE: {
+            int adm[NPROG], n;
+            if (c->rw != RW_READ) {
+                r = RES_SKIP;
+                break;
+            }
+            if (mp_rw_owners == 1 && mp_rw_tickets.n == 0) {
+                mp_rw_owners = -1;
+                mp_rw_writer = id;
+                c->rw = RW_WRITE;
+                break;
+            }
+            mp_rw_owners--;
+            mp_ticket_write[id] = 1;
+            fifo_push(&mp_rw_tickets, id, false);
+            if (mp_rw_admit(adm, &n) == id) {
+                c->rw = RW_WRITE; /* admitted at once */
+                break;
+            }
+            mp_wake_all(adm, n);
+            c->rw = RW_NONE; /* the read hold is gone; W_RW gives the write */
+            c->status = P_BLOCKED;
+            c->wait = W_RW;
+            return;
+        }
+        case ST_DOWNGRADE: {
+            int adm[NPROG], n;
+            if (c->rw != RW_WRITE) {
+                r = RES_SKIP;
+                break;
+            }
+            mp_rw_owners = 1;
+            mp_rw_writer = -1;
+            c->rw = RW_READ;
+            mp_rw_admit(adm, &n);
+            mp_wake_all(adm, n);
+            break;
+        }
+        }
+        plog(&model_plog, id, c->pc, r);
+    }
+    if (c->mutex) {
+        c->mutex = false;
+        mp_mutex_unlock(id);
+        plog(&model_plog, id, PC_END_MUTEX, RES_OK);
+    }
+    if (c->rw != RW_NONE) {
+        int adm[NPROG], n;
+        if (c->rw == RW_WRITE) {
+            mp_rw_owners = 0;
+            mp_rw_writer = -1;
+        } else {
+            mp_rw_owners--;
+        }
+        c->rw = RW_NONE;
+        mp_rw_admit(adm, &n);
+        mp_wake_all(adm, n);
+        plog(&model_plog, id, PC_END_RW, RES_OK);
+    }
+    plog(&model_plog, id, PC_END, RES_OK);
+    c->status = P_DONE;
+}
+
+/* ql__coroutine_enter_ctx() from outside any coroutine. */
+static void mp_enter(int id)
+{
+    int pending[4 * NPROG * PROG_MAX], np = 0;
+
+    if (mp_current >= 0) {
+        FAIL("model: enter from inside a coroutine");
+    }
+    pending[np++] = id;
+    while (np > 0) {
+        int to = pending[0];
+        np--;
+        memmove(pending, pending + 1, np * sizeof *pending);
+        mp_current = to;
+        mp[to].nwakeups = 0;
+        mp_run(to);
+        mp_current = -1;
+        /* Depth-first: what `to` woke goes before the older pending ones. */
+        int k = mp[to].nwakeups;
+        if (np + k > (int)(sizeof pending / sizeof *pending)) {
+            FAIL("model pending overflow");
+        }
+        memmove(pending + k, pending, np * sizeof *pending);
+        memcpy(pending, mp[to].wakeups, k * sizeof *pending);
+        np += k;
+        mp[to].nwakeups = 0;
+    }
+}
+
+static void p_check(const char *what)
+{
+    int n = real_plog.n < MAXLOG ? real_plog.n : MAXLOG;
+    if (real_plog.n != model_plog.n || memcmp(real_plog.e, model_plog.e, n * sizeof(int)) != 0) {
+        fprintf(stderr, "fuzz_context: %s: programs ran", what);
+        for (int i = 0; i < n; i++) {
+            fprintf(stderr, " %d", real_plog.e[i]);
+        }
+        fprintf(stderr, "\nfuzz_context: %s: model", what);
+        for (int i = 0; i < (model_plog.n < MAXLOG ? model_plog.n : MAXLOG); i++) {
+            fprintf(stderr, " %d", model_plog.e[i]);
+        }
+        FAIL("\n%s: program steps differ from the model", what);
+    }
+    real_plog.n = model_plog.n = 0;
+    if (ql_co_mutex_holder(pmutex) != (mp_mutex_holder >= 0 ? pco[mp_mutex_holder].co : NULL) ||
+        p_mutex_holder != mp_mutex_holder) {
+        FAIL("%s: CoMutex held by %d (shadow), model %d", what, p_mutex_holder, mp_mutex_holder);
+    }
+    if (p_rw_writer != mp_rw_writer || p_rw_readers != (mp_rw_owners > 0 ? mp_rw_owners : 0)) {
+        FAIL("%s: CoRwlock writer %d readers %d, model owners %d writer %d", what, p_rw_writer,
+             p_rw_readers, mp_rw_owners, mp_rw_writer);
+    }
+    for (int q = 0; q < NQUEUE; q++) {
+        if (ql_co_queue_empty(pqueue[q]) != (mp_queue[q].n == 0)) {
+            FAIL("%s: ql_co_queue_empty(%d) = %d, model has %d waiters", what, q,
+                 ql_co_queue_empty(pqueue[q]), mp_queue[q].n);
+        }
+    }
+    for (int i = 0; i < nprog; i++) {
+        if (pco[i].state != mp[i].status) {
+            FAIL("%s: program %d in state %d, model %d", what, i, pco[i].state, mp[i].status);
+        }
+    }
+}
+
+static void prog_new(uint8_t arg, const uint8_t *data, size_t size, size_t *pos)
+{
+    if (nprog >= NPROG) {
+        return;
+    }
+    PCo *c = &pco[nprog];
+    c->prog.n = 1 + arg % PROG_MAX;
+    for (int k = 0; k < c->prog.n; k++) {
+        c->prog.step[k] = *pos < size ? data[(*pos)++] : 0;
+    }
+    c->co = ql_coroutine_create(prog_entry, c);
+    if (!c->co) {
+        FAIL("ql_coroutine_create");
+    }
+    c->state = P_NEW;
+    mp[nprog] = (MPCo){.status = P_NEW, .rw = RW_NONE};
+    nprog++;
+}
+
+static bool prog_enterable(int i)
+{
+    return mp[i].status == P_NEW || mp[i].status == P_SUSPENDED;
+}
+
+static void prog_enter(int i)
+{
+    if (!prog_enterable(i)) {
+        return;
+    }
+    int r = ql_coroutine_enter(pco[i].co);
+    if (r < 0) {
+        FAIL("ql_coroutine_enter(program %d) = %d", i, r);
+    }
+    mp_enter(i);
+    p_check("enter");
+}
+
+static void prog_queue_next(int q)
+{
+    bool r = ql_co_queue_next(pqueue[q]);
+    int w = fifo_pop(&mp_queue[q]);
+    if (w >= 0) {
+        mp_wake(w);
+    }
+    p_check("ql_co_queue_next");
+    if (r != (w >= 0)) {
+        FAIL("ql_co_queue_next(%d) = %d, model woke %d", q, r, w);
+    }
+}
+
+static void prog_queue_restart_all(int q)
+{
+    ql_co_queue_restart_all(pqueue[q]);
+    MFifo all = mp_queue[q];
+    mp_queue[q].n = 0;
+    mp_wake_all(all.e, all.n);
+    p_check("ql_co_queue_restart_all");
+}
+
+static void prog_setup(void)
+{
+    memset(pco, 0, sizeof pco);
+    memset(mp, 0, sizeof mp);
+    nprog = 0;
+    mp_current = -1;
+    p_mutex_holder = mp_mutex_holder = -1;
+    p_rw_readers = 0;
+    p_rw_writer = mp_rw_writer = -1;
+    mp_rw_owners = 0;
+    mp_mutex_wq.n = mp_rw_tickets.n = 0;
+    real_plog.n = model_plog.n = 0;
+    pmutex = ql_co_mutex_new();
+    prw = ql_co_rwlock_new();
+    if (!pmutex || !prw) {
+        FAIL("CoMutex/CoRwlock new");
+    }
+    for (int q = 0; q < NQUEUE; q++) {
+        mp_queue[q].n = 0;
+        pqueue[q] = ql_co_queue_new();
+        if (!pqueue[q]) {
+            FAIL("ql_co_queue_new");
+        }
+    }
+}
+
+/* Run every program to its end: enter what can be entered, else restart
+ * the queues from outside. */
+static void prog_finish_all(void)
+{
+    for (int round = 0; round < 100; round++) {
+        bool any = false;
+        for (int i = 0; i < nprog; i++) {
+            if (prog_enterable(i)) {
+                prog_enter(i);
+                any = true;
+            }
+        }
+        for (int q = 0; !any && q < NQUEUE; q++) {
+            if (mp_queue[q].n > 0) {
+                prog_queue_restart_all(q);
+                any = true;
+            }
+        }
+        if (!any) {
+            break;
+        }
+    }
+    for (int i = 0; i < nprog; i++) {
+        if (mp[i].status != P_DONE) {
+            FAIL("program %d never finished (model state %d, waits %d)", i, mp[i].status,
+                 mp[i].wait);
+        }
+    }
+    ql_co_mutex_free(pmutex);
+    ql_co_rwlock_free(prw);
+    for (int q = 0; q < NQUEUE; q++) {
+        ql_co_queue_free(pqueue[q]);
+    }
+}
+
 /* ---- driver ----------------------------------------------------------------- */
 
 static void compare_logs(const char *what)
@@ -497,12 +1272,14 @@ static void setup(void)
     real_log.n = model_log.n = 0;
     real_depth = 0;
     oneshot_seq = 0;
+    prog_setup();
 }
 
 static void teardown(void)
 {
     co_finish_all();
     ql_co_mutex_free(fmutex);
+    prog_finish_all();
     for (int i = 0; i < NTIMER; i++) {
         if (timers[i]) {
             ql_timer_free(timers[i]);
@@ -561,7 +1338,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int ops = 0;
 #define NEXT() (pos < size ? data[pos++] : 0)
     while (pos < size && ops++ < MAXOPS) {
-        uint8_t op = NEXT() % 23;
+        uint8_t op = NEXT() % NOPS;
         uint8_t arg = NEXT();
         int s = arg % NBH, t = arg % NTIMER, p = arg % NPIPE;
         switch (op) {
@@ -721,6 +1498,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 22:
             if (nco > 0) {
                 co_enter(arg % nco);
+            }
+            break;
+        case 23: /* a program coroutine: 1 + arg % 8 steps, one byte each */
+            prog_new(arg, data, size, &pos);
+            break;
+        case 24:
+        case 25:
+            if (nprog > 0) {
+                prog_enter(arg % nprog);
+            }
+            break;
+        case 26: /* CoQueue next / restart_all / empty from outside */
+            prog_queue_next(arg % NQUEUE);
+            break;
+        case 27:
+            prog_queue_restart_all(arg % NQUEUE);
+            break;
+        case 28:
+            if (ql_co_queue_empty(pqueue[arg % NQUEUE]) != (mp_queue[arg % NQUEUE].n == 0)) {
+                FAIL("ql_co_queue_empty(%d) differs from the model", arg % NQUEUE);
             }
             break;
         }

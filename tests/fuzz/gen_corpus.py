@@ -2,7 +2,9 @@
 """Write the seed corpus for fuzz_context (tests/fuzz/corpus/).
 
 Each seed is a small script in the harness's byte language (see
-fuzz_context.c: pairs of (op % 20, argument), some ops read one more byte).
+fuzz_context.c: pairs of (op % NOPS, argument), some ops read more bytes).
+Op codes are only ever appended, so older seeds and regression inputs keep
+their meaning.
 Run: python3 tests/fuzz/gen_corpus.py  (rewrites the seeds deterministically)
 """
 import os
@@ -14,6 +16,28 @@ NEW_BH, SCHED, SCHED_IDLE, CANCEL, DELETE, ONESHOT = 0, 1, 2, 3, 4, 5
 NEW_TIMER, MOD, ANTICIPATE, MOD_IN, TDEL, TFREE, ADVANCE = 6, 7, 8, 9, 10, 11, 12
 POLL, POLL_BLOCKING, SET_FD, WRITE_FD, DEL_FD, NOTIFY = 13, 15, 16, 17, 18, 19
 CO_NEW, CO_ENTER = 20, 21   # CO_NEW, nsections-1, one byte per section (held % 3, after)
+# Program coroutines (CoQueue / CoMutex / CoRwlock): PROG_NEW, nsteps-1, one
+# byte per step; PROG_ENTER, index; outside-coroutine queue operations.
+PROG_NEW, PROG_ENTER, QNEXT, QRESTART, QEMPTY = 23, 24, 26, 27, 28
+(S_YIELD, S_MLOCK, S_MUNLOCK, S_QWAIT, S_QWAIT_HEAD, S_QNEXT, S_QRESTART, S_QEMPTY,
+ S_RDLOCK, S_WRLOCK, S_RWUNLOCK, S_UPGRADE, S_DOWNGRADE) = range(13)
+
+
+def step(kind, queue=0, keep_mutex=False):
+    """One program step; a queue wait passes the CoMutex unless keep_mutex."""
+    return kind + 13 * (queue + 2 * int(keep_mutex))
+
+
+def prog(*steps):
+    return [PROG_NEW, len(steps) - 1] + [step(*s) if isinstance(s, tuple) else step(s)
+                                         for s in steps]
+
+
+def enter(*ids):
+    out = []
+    for i in ids:
+        out += [PROG_ENTER, i]
+    return out
 
 
 def new_bh(slot, target=None, nested=False):
@@ -55,6 +79,32 @@ SEEDS = {
                           CO_ENTER, 1],
     "comutex-with-bhs": new_bh(0) + [CO_NEW, 2, 1, 4, 2, SCHED, 0, CO_ENTER, 0, POLL, 0,
                                      CO_NEW, 0, 0, CO_ENTER, 1, CO_ENTER, 0, POLL, 0],
+    "coqueue-fifo": prog(S_QWAIT) + prog(S_QWAIT) + prog(S_QWAIT_HEAD) + prog(S_QWAIT) +
+        enter(0, 1, 2, 3) + [QEMPTY, 0, QNEXT, 0, QNEXT, 0, QNEXT, 1, QNEXT, 0, QNEXT, 0,
+                             QEMPTY, 0],
+    "coqueue-restart-all": prog(S_QWAIT, S_YIELD, (S_QWAIT_HEAD, 1)) + prog(S_QWAIT_HEAD) +
+        prog(S_QWAIT, (S_QWAIT, 1)) + prog(S_YIELD, S_QRESTART, S_QEMPTY, S_YIELD,
+                                           (S_QNEXT, 1), (S_QRESTART, 1)) +
+        enter(0, 1, 2, 3, 3, 0) + [QRESTART, 1, QEMPTY, 1] + enter(3),
+    "coqueue-with-comutex": prog(S_MLOCK, S_QWAIT, S_YIELD, S_MUNLOCK) +
+        prog(S_MLOCK, (S_QWAIT, 0, True), S_MUNLOCK) +
+        prog(S_MLOCK, S_QNEXT, S_YIELD, S_QRESTART, S_MUNLOCK) +
+        enter(0, 1, 2, 0, 2, 0, 1) + [QRESTART, 0],
+    "corwlock-writer-blocks-readers": prog(S_RDLOCK, S_YIELD, S_RWUNLOCK) +
+        prog(S_RDLOCK, S_YIELD, S_RWUNLOCK) + prog(S_WRLOCK, S_YIELD, S_RWUNLOCK) +
+        prog(S_RDLOCK, S_YIELD, S_RWUNLOCK) + prog(S_WRLOCK, S_RWUNLOCK) +
+        enter(0, 1, 2, 3, 4, 0, 1, 2, 3),
+    "corwlock-upgrade-downgrade": prog(S_RDLOCK, S_YIELD, S_UPGRADE, S_YIELD, S_DOWNGRADE,
+                                       S_YIELD, S_RWUNLOCK) +
+        prog(S_RDLOCK, S_YIELD, S_UPGRADE, S_RWUNLOCK) + prog(S_WRLOCK, S_RWUNLOCK) +
+        prog(S_RDLOCK, S_DOWNGRADE, S_RWUNLOCK) +
+        enter(0, 1, 2, 0, 1, 0, 3, 0, 2),
+    "corwlock-downgrade-admits-readers": prog(S_WRLOCK, S_YIELD, S_DOWNGRADE, S_YIELD,
+                                              S_RWUNLOCK) +
+        prog(S_RDLOCK, S_RWUNLOCK) + prog(S_RDLOCK, S_YIELD, S_RWUNLOCK) +
+        prog(S_WRLOCK, S_RWUNLOCK) + enter(0, 1, 2, 3, 0, 2, 0),
+    "corwlock-queue-wait": prog(S_RDLOCK, S_QWAIT, S_RWUNLOCK) + prog(S_WRLOCK, S_QNEXT) +
+        prog(S_RDLOCK, S_QNEXT, S_RWUNLOCK) + enter(0, 1, 2) + [QNEXT, 0],
     "mixed": new_bh(0, target=1) + new_bh(1, nested=True) + [
         NEW_TIMER, 0, MOD, 0, 0, SET_FD, 0, WRITE_FD, 0, SCHED, 0, ONESHOT, 0,
         POLL, 0, ADVANCE, 1, POLL, 0, DELETE, 1, POLL, 0],
