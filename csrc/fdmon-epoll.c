@@ -18,10 +18,19 @@
  * a second.  A closed fd is reported as a POLLNVAL event (the context then
  * fails the poll with -EBADF).  An fd number reused by a new file cannot be
  * told from the old one (same as with poll(2)).
+ *
+ * A handler removed after its fd was closed: epoll keys a registration by
+ * file, not by number, so if the file is still open elsewhere (a dup(), a
+ * forked child) the registration outlives the close, EPOLL_CTL_DEL cannot
+ * reach it any more, and its level-triggered events would wake every wait
+ * for nothing.  The set is rebuilt then (a new epoll fd with the current
+ * registrations, dup3()ed over the old number so that the embedding fd stays
+ * the same).
  */
 #include "context-int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
@@ -120,6 +129,8 @@ static void always_del(QLContext *ctx, EpollState *st, QLFdHandler *node)
     ctx->n_always_ready--;
 }
 
+static int epoll_rebuild(QLContext *ctx, EpollState *st);
+
 static int epoll_update(QLContext *ctx, QLFdHandler *node, uint32_t old_events)
 {
     EpollState *st = ctx->fdmon_state;
@@ -138,23 +149,46 @@ static int epoll_update(QLContext *ctx, QLFdHandler *node, uint32_t old_events)
     if (op == EPOLL_CTL_ADD && err == EPERM) {
         return always_add(ctx, st, node);
     }
+    if (op == EPOLL_CTL_DEL && (err == EBADF || err == ENOENT) && old_events != 0) {
+        /* Closed (and maybe reused) before its handler was removed: the
+         * registration may live on through another fd of the same file. */
+        return epoll_rebuild(ctx, st);
+    }
     if (op == EPOLL_CTL_DEL && (err == EBADF || err == ENOENT || err == EPERM)) {
-        /* closed before its handler was removed, never added (flush-only
-         * node), or not pollable at all: nothing to undo */
+        /* never added (flush-only node) or not pollable at all: nothing to
+         * undo */
         return 0;
     }
     if (op == EPOLL_CTL_MOD && err == ENOENT) {
-        /* The file was closed (the kernel dropped it).  If the number is
-         * open again it is a new file the caller now means. */
-        if (epoll_ctl(st->epfd, EPOLL_CTL_ADD, node->fd, &ev) == 0) {
-            return 0;
+        /* The file was closed and the number is open again: a new file that
+         * the caller now means.  The old registration may live on too. */
+        if (epoll_ctl(st->epfd, EPOLL_CTL_ADD, node->fd, &ev) < 0) {
+            return errno == EPERM ? always_add(ctx, st, node) : -errno;
         }
-        err = errno;
-        if (err == EPERM) {
-            return always_add(ctx, st, node);
-        }
+        return epoll_rebuild(ctx, st);
     }
     return -err;
+}
+
+/* Replace the epoll set by a new one holding the current registrations
+ * (see the header comment).  The fd number does not change. */
+static int epoll_rebuild(QLContext *ctx, EpollState *st)
+{
+    int nfd = epoll_create1(EPOLL_CLOEXEC);
+    if (nfd < 0) {
+        return -errno;
+    }
+    for (int fd = -1; fd <= ctx->max_fd; fd++) {
+        QLFdHandler *node = fd < 0 ? &ctx->notifier_node : ctx->fd_table[fd];
+        if (node && node->events && !node->always_ready) {
+            struct epoll_event ev = {.events = to_epoll(node->events), .data.ptr = node};
+            /* a registered fd that is closed fails here; the sweep reports it */
+            (void)epoll_ctl(nfd, EPOLL_CTL_ADD, node->fd, &ev);
+        }
+    }
+    int r = dup3(nfd, st->epfd, O_CLOEXEC) < 0 ? -errno : 0;
+    close(nfd);
+    return r;
 }
 
 /* Report registered fds that are closed.  Returns the count stored. */
