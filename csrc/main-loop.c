@@ -402,7 +402,13 @@ int ql_main_loop_wait(bool nonblocking)
     if (took_lock) {
         ql_iothread_lock();
     }
-    if (run_polling_cbs()) {
+    /* One iteration is one dispatch: a callback that stops it (a polling
+     * callback, or one of the main context) also stops the dispatches that
+     * come after it in this iteration; what they would have run stays
+     * ready for the next one.  Clear requests left from elsewhere first. */
+    main_ctx->stop_dispatch = false;
+    io_ctx->stop_dispatch = false;
+    if (run_polling_cbs() || main_ctx->stop_dispatch || io_ctx->stop_dispatch) {
         nonblocking = true;
     }
     int64_t timeout = min_timeout(ql_context_prepare(main_ctx), ql_context_prepare(io_ctx));
@@ -410,14 +416,16 @@ int ql_main_loop_wait(bool nonblocking)
         main_loop_sleep(timeout);
     }
     int ret = 0, r;
-    if (ql_context_check(main_ctx)) {
+    if (ql_context_check(main_ctx) && !main_ctx->stop_dispatch) {
         r = ql_context_dispatch(main_ctx);
         ret = r < 0 ? r : ret | r;
     }
-    if (ql_context_check(io_ctx)) {
+    if (ql_context_check(io_ctx) && !io_ctx->stop_dispatch) {
         r = ql_context_dispatch(io_ctx);
         ret = ret < 0 ? ret : r < 0 ? r : ret | r;
     }
+    main_ctx->stop_dispatch = false;
+    io_ctx->stop_dispatch = false;
     if (took_lock) {
         ql_iothread_unlock();
     }

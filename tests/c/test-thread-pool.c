@@ -255,6 +255,47 @@ static void test_thread_pool_batch_completes_in_submission_order(void)
     ql_context_free(ctx);
 }
 
+static void stop_dispatch_extra(Job *j)
+{
+    ql_context_stop_dispatch(j->ctx);
+}
+
+/* A completion callback that stops the dispatch (as the Python glue does
+ * when a callback raised) ends the batch there: the rest of the batch is
+ * delivered by the next polls, in order, one poll per stopping callback. */
+static void test_thread_pool_stop_dispatch_leaves_rest_of_batch_to_next_poll(void)
+{
+    gate_reset();
+    QLContext *ctx = ql_context_new();
+    QLThreadPool *pool = ql_context_thread_pool(ctx);
+    QL_CHECK_EQ(ql_thread_pool_set_sizes(pool, 0, 4), 0);
+    int log[4], nlog = 0;
+    Job jobs[4] = {{0}};
+    for (int i = 0; i < 4; i++) {
+        jobs[i].id = i;
+        jobs[i].gated = 1;
+        jobs[i].log = log;
+        jobs[i].nlog = &nlog;
+        jobs[i].ctx = ctx;
+        jobs[i].extra = i < 3 ? stop_dispatch_extra : NULL;
+        QL_CHECK(ql_thread_pool_submit(pool, work, &jobs[i], done_cb, &jobs[i]));
+    }
+    QL_CHECK(wait_entered(4));
+    gate_set_open();
+    QL_CHECK(wait_idle(pool, 4));
+    for (int i = 0; i < 3; i++) {
+        QL_CHECK_EQ(ql_context_poll(ctx, false), 1);
+        QL_CHECK_EQ(nlog, i + 1);
+    }
+    QL_CHECK_EQ(ql_context_poll(ctx, false), 1); /* the last one does not stop */
+    QL_CHECK_EQ(nlog, 4);
+    for (int i = 0; i < 4; i++) {
+        QL_CHECK_EQ(log[i], i);
+    }
+    QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
+    ql_context_free(ctx);
+}
+
 static void test_thread_pool_cancel_queued_request_gets_ecanceled(void)
 {
     gate_reset();
@@ -663,6 +704,7 @@ static void test_thread_pool_works_in_a_forked_child(void)
 
 QLTEST_MAIN(QLT(test_thread_pool_completion_runs_in_home_thread),
             QLT(test_thread_pool_batch_completes_in_submission_order),
+            QLT(test_thread_pool_stop_dispatch_leaves_rest_of_batch_to_next_poll),
             QLT(test_thread_pool_cancel_queued_request_gets_ecanceled),
             QLT(test_thread_pool_cancel_running_request_reports_real_result),
             QLT(test_thread_pool_cancel_done_request_is_noop),
