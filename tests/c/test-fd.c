@@ -334,15 +334,32 @@ static void test_fd_set_handler_on_closed_fd_fails(void)
         close(p[0]);
         close(p[1]);
         H h = {.ctx = ctx, .fd = p[0]};
-        if (strcmp(ql_context_fdmon_name(ctx), "epoll") == 0) {
-            QL_CHECK_EQ(ql_context_set_fd_handler(ctx, p[0], h_read, NULL, NULL, &h), -EBADF);
-        } else {
-            /* poll(2) learns it at the next poll */
-            QL_CHECK_EQ(ql_context_set_fd_handler(ctx, p[0], h_read, NULL, NULL, &h), 0);
-            QL_CHECK_EQ(ql_context_poll(ctx, false), -EBADF);
-        }
+        /* refused at once with either monitor */
+        QL_CHECK_EQ(ql_context_set_fd_handler(ctx, p[0], h_read, NULL, NULL, &h), -EBADF);
+        QL_CHECK_EQ(ql_context_set_fd_handler(ctx, p[0], NULL, NULL, flush_never, &h), -EBADF);
+        QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
         QL_CHECK_EQ(ctx->nhandlers, 0);
         QL_CHECK_EQ(ql_context_set_fd_handler(ctx, -1, h_read, NULL, NULL, &h), -EBADF);
+    }
+}
+
+/* An fd number far above anything open (not open) is refused before the
+ * fd-indexed table grows for it: no allocation of gigabytes, no handler. */
+static void test_fd_huge_unopened_fd_refused_without_growing_table(void)
+{
+    static const int huge[] = {1000000, (1 << 30) - 1, 0x7fffffff};
+    FOR_EACH_MONITOR(ctx) {
+        H h = {.ctx = ctx};
+        int size = ctx->fd_table_size;
+        for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
+            QL_CHECK_EQ(ql_context_set_fd_handler(ctx, huge[i], h_read, NULL, NULL, &h), -EBADF);
+            QL_CHECK_EQ(ql_context_set_fd_handler(ctx, huge[i], NULL, h_write, NULL, &h), -EBADF);
+            QL_CHECK_EQ(ql_context_set_fd_handler(ctx, huge[i], NULL, NULL, NULL, NULL), 0);
+            QL_CHECK_EQ(ctx->fd_table_size, size);
+        }
+        QL_CHECK_EQ(ctx->nhandlers, 0);
+        QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
+        QL_CHECK_EQ(h.reads + h.writes, 0);
     }
 }
 
@@ -499,6 +516,7 @@ static void test_fd_pending_reports_ready_work(void)
 }
 
 QLTEST_MAIN(QLT(test_fd_monitor_chosen_by_environment),
+            QLT(test_fd_huge_unopened_fd_refused_without_growing_table),
             QLT(test_fd_read_handler_is_level_triggered),
             QLT(test_fd_write_handler_runs_while_writable),
             QLT(test_fd_read_runs_before_write),
