@@ -35,3 +35,34 @@ def test_context_dropped_with_scheduled_bh_or_armed_timer_is_collected(what):
     gc.collect()
     assert [r for r in refs if r() is not None] == []
     assert _fds() <= fds0
+
+
+@pytest.mark.parametrize("what", ["deleted-pending-bh", "oneshot-referencing-context",
+                                  "oneshot-args-referencing-context"])
+def test_context_dropped_with_deleted_bh_or_oneshot_cycle_is_collected(what):
+    """A context dropped without close() while (a) a BH deleted after being
+    scheduled is still on the pending list (pending list -> BH -> context),
+    or (b) a pending schedule_oneshot's callable or arguments reference the
+    context (context -> C oneshot node -> callable -> context), must be
+    collected with its fds: the collector sees these references."""
+    import weakref
+
+    gc.collect()
+    fds0 = _fds()
+    refs = []
+    for _ in range(50):
+        c = qloop.AioContext()
+        if what == "deleted-pending-bh":
+            b = c.bh(lambda: None)
+            b.schedule()
+            b.delete()
+            del b
+        elif what == "oneshot-referencing-context":
+            c.schedule_oneshot(lambda c=c: c.poll(blocking=False))
+        else:
+            c.schedule_oneshot(lambda x: None, c)
+        refs.append(weakref.ref(c))
+        del c
+    gc.collect()
+    assert [r for r in refs if r() is not None] == []
+    assert _fds() <= fds0
