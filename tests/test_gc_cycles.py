@@ -66,3 +66,21 @@ def test_context_dropped_with_deleted_bh_or_oneshot_cycle_is_collected(what):
     gc.collect()
     assert [r for r in refs if r() is not None] == []
     assert _fds() <= fds0
+
+
+def test_bh_deleted_while_pending_is_released_by_poll_and_by_close():
+    """The pending list's reference to a BH deleted while scheduled goes away
+    at its dequeue: in the next poll, or when the context is closed."""
+    import sys
+
+    for finish in ("poll", "close"):
+        c = qloop.AioContext()
+        b = c.bh(lambda: None)
+        b.schedule()
+        b.delete()
+        held = sys.getrefcount(b)
+        if finish == "poll":
+            assert c.poll(blocking=False) is False  # dequeued, not run
+        c.close()
+        assert sys.getrefcount(b) == held - 1
+        assert b.deleted

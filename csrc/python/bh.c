@@ -257,12 +257,18 @@ int qlpy_bh_traverse_pending(ContextObject *ctx, visitproc visit, void *arg)
 void qlpy_bh_detach_all(ContextObject *ctx)
 {
     /* bh_release unlinks a BH unless it is pending; a pending one (also one
-     * deleted earlier) stays linked until the context's free dequeues it. */
-    BHObject *b = ctx->bhs;
-    while (b) {
-        BHObject *next = b->next;
+     * deleted earlier) stays linked until the context's free dequeues it.
+     * Start over from the head after each release: dropping a callable can
+     * run Python code that deletes other BHs (unlinking them). */
+    for (;;) {
+        BHObject *b = ctx->bhs;
+        while (b && !b->bh) {
+            b = b->next;
+        }
+        if (!b) {
+            break;
+        }
         bh_release(b);
-        b = next;
     }
     /* oneshot nodes are handled in qlpy_oneshot_drop_pool */
     extern void qlpy_oneshot_drop_pool(ContextObject *ctx);
