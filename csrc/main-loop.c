@@ -144,6 +144,8 @@ typedef struct ChildWatch {
 
 static pthread_mutex_t watch_lock = PTHREAD_MUTEX_INITIALIZER;
 static ChildWatch *watches;      /* [watch_lock] */
+static ChildWatch *reaped;       /* collected, callback still to run (a callback
+                                  * stopped the dispatch): main loop thread */
 static bool sigchld_installed;   /* [watch_lock] */
 static struct sigaction old_sigchld;
 
@@ -189,7 +191,8 @@ static void child_bh_cb(void *opaque)
         }
     }
     pthread_mutex_unlock(&watch_lock);
-    /* Callbacks run unlocked (they may add watches), oldest reap first. */
+    /* Callbacks run unlocked (they may add watches), oldest reap first,
+     * after those a stopped dispatch left (see reaped). */
     ChildWatch *rev = NULL;
     while (done) {
         ChildWatch *n = done->next;
@@ -197,13 +200,24 @@ static void child_bh_cb(void *opaque)
         rev = done;
         done = n;
     }
-    while (rev) {
-        ChildWatch *w = rev;
-        rev = w->next;
+    ChildWatch **tail = &reaped;
+    while (*tail) {
+        tail = &(*tail)->next;
+    }
+    *tail = rev;
+    while (reaped) {
+        ChildWatch *w = reaped;
+        reaped = w->next;
         if (w->cb) {
             w->cb(w->pid, w->status, w->opaque);
         }
         free(w);
+        if (reaped && main_ctx->stop_dispatch) {
+            /* A callback stopped the dispatch (a Python one raised): the
+             * rest are reported by the next run. */
+            ql_bh_schedule(child_bh);
+            return;
+        }
     }
 }
 
@@ -257,6 +271,11 @@ static void child_watch_cleanup(void)
         free(w);
     }
     pthread_mutex_unlock(&watch_lock);
+    while (reaped) {
+        ChildWatch *w = reaped;
+        reaped = w->next;
+        free(w);
+    }
 }
 
 /* ---- the main loop ------------------------------------------------------------ */

@@ -267,3 +267,30 @@ def test_main_loop_wait_polling_callback_failure_stops_the_iteration(unraisable)
     assert qloop.main_loop_wait(nonblocking=True) is True
     assert ran == [1]
     assert unraisable == []
+
+
+def test_child_watch_failing_callbacks_raise_one_per_main_loop_wait(unraisable):
+    drain()
+    pids = [fork_exit(i) for i in (1, 2, 3)]
+    for pid in pids:  # all have exited (not reaped) before their watches exist
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    got = []
+
+    def cb(pid, status):
+        got.append(pid)
+        raise ChildProcessError(pid)
+
+    for pid in pids:
+        assert qloop.add_child_watch(pid, cb) is True
+    raised = []
+    deadline = time.monotonic() + 20
+    while len(got) < 3 and time.monotonic() < deadline:
+        before = len(got)
+        try:
+            qloop.main_loop_wait(nonblocking=True)
+        except ChildProcessError as e:
+            raised.append(e.args[0])
+            assert len(got) == before + 1  # the others wait for the next calls
+    assert raised == got
+    assert sorted(got) == sorted(pids)
+    assert unraisable == []

@@ -210,6 +210,41 @@ static int spawn(int code, int delay_ms)
     return pid;
 }
 
+static int stopping_reports;
+static void stopping_child_cb(int pid, int status, void *opaque)
+{
+    child_cb(pid, status, opaque);
+    stopping_reports++;
+    ql_context_stop_dispatch(ql_get_aio_context());
+}
+
+/* A child watch callback that stops the dispatch leaves the other reaped
+ * children to the next iterations, one each, none lost. */
+static void test_main_loop_child_watch_stop_dispatch_reports_rest_later(void)
+{
+    QL_CHECK_EQ(ql_main_loop_init(), 0);
+    Child kids[3] = {{0}};
+    stopping_reports = 0;
+    for (int i = 0; i < 3; i++) {
+        kids[i].pid = spawn(3 + i, 0);
+        siginfo_t si;
+        QL_CHECK_EQ(waitid(P_PID, kids[i].pid, &si, WEXITED | WNOWAIT), 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        QL_CHECK_EQ(ql_add_child_watch(kids[i].pid, stopping_child_cb, &kids[i]), 0);
+    }
+    for (int n = 1; n <= 3; n++) {
+        QL_CHECK_EQ(ql_main_loop_wait(false), 1);
+        QL_CHECK_EQ(stopping_reports, n);
+    }
+    for (int i = 0; i < 3; i++) {
+        QL_CHECK_EQ(kids[i].reported, 1);
+        QL_CHECK_EQ(WEXITSTATUS(kids[i].status), 3 + i);
+    }
+    QL_CHECK_EQ(ql_main_loop_wait(true), 0);
+    ql_main_loop_cleanup();
+}
+
 static void test_main_loop_child_watch_reports_real_children(void)
 {
     QL_CHECK_EQ(ql_main_loop_init(), 0);
@@ -344,6 +379,7 @@ QLTEST_MAIN(QLT(test_main_loop_init_creates_main_and_iohandler_contexts),
             QLT(test_main_loop_stop_dispatch_skips_the_iohandler_dispatch_of_that_iteration),
             QLT(test_main_loop_polling_cb_stopping_dispatch_skips_it_without_waiting),
             QLT(test_main_loop_child_watch_reports_real_children),
+            QLT(test_main_loop_child_watch_stop_dispatch_reports_rest_later),
             QLT(test_main_loop_thread_takes_iothread_lock_while_loop_blocked),
             QLT(test_main_loop_iothread_lock_held_while_dispatching),
             QLT(test_main_loop_iothread_lock_misuse_is_reported))
