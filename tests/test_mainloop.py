@@ -199,17 +199,6 @@ def test_aio_wait_and_aio_flush_poll_the_main_context():
     assert ran == [1]
 
 
-@pytest.fixture
-def unraisable():
-    """Exceptions reported through sys.unraisablehook while the test runs."""
-    import sys
-    seen = []
-    old = sys.unraisablehook
-    sys.unraisablehook = lambda u: seen.append(u.exc_value)
-    yield seen
-    sys.unraisablehook = old
-
-
 def test_main_loop_wait_iohandler_failing_callbacks_none_unraisable(unraisable):
     drain()
     main = qloop.get_aio_context()

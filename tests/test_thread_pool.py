@@ -510,17 +510,6 @@ def test_close_refused_while_another_thread_polls_the_context():
         io.stop()
 
 
-@pytest.fixture
-def unraisable():
-    """Exceptions reported through sys.unraisablehook while the test runs."""
-    import sys
-    seen = []
-    old = sys.unraisablehook
-    sys.unraisablehook = lambda u: seen.append(u.exc_value)
-    yield seen
-    sys.unraisablehook = old
-
-
 def test_thread_pool_failing_completions_raise_one_per_poll(ctx, unraisable):
     n = 6
     pool = qloop.ThreadPool(min_threads=0, max_threads=n, context=ctx)

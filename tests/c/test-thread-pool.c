@@ -224,22 +224,37 @@ static void test_thread_pool_completion_runs_in_home_thread(void)
     ql_context_free(ctx);
 }
 
+/* Four gated jobs on up to four workers, all running when this returns
+ * (1; 0 if they did not start).  extra, if given, is the completion extra
+ * of the first three. */
+static int submit_gated_batch(QLContext *ctx, QLThreadPool *pool, Job jobs[4], int *log,
+                              int *nlog, void (*extra)(Job *))
+{
+    if (ql_thread_pool_set_sizes(pool, 0, 4) != 0) {
+        return 0;
+    }
+    for (int i = 0; i < 4; i++) {
+        jobs[i].id = i;
+        jobs[i].gated = 1;
+        jobs[i].log = log;
+        jobs[i].nlog = nlog;
+        jobs[i].ctx = ctx;
+        jobs[i].extra = i < 3 ? extra : NULL;
+        if (!ql_thread_pool_submit(pool, work, &jobs[i], done_cb, &jobs[i])) {
+            return 0;
+        }
+    }
+    return wait_entered(4);
+}
+
 static void test_thread_pool_batch_completes_in_submission_order(void)
 {
     gate_reset();
     QLContext *ctx = ql_context_new();
     QLThreadPool *pool = ql_context_thread_pool(ctx);
-    QL_CHECK_EQ(ql_thread_pool_set_sizes(pool, 0, 4), 0);
     int log[4], nlog = 0;
     Job jobs[4] = {{0}};
-    for (int i = 0; i < 4; i++) {
-        jobs[i].id = i;
-        jobs[i].gated = 1;
-        jobs[i].log = log;
-        jobs[i].nlog = &nlog;
-        QL_CHECK(ql_thread_pool_submit(pool, work, &jobs[i], done_cb, &jobs[i]));
-    }
-    QL_CHECK(wait_entered(4));
+    QL_CHECK(submit_gated_batch(ctx, pool, jobs, log, &nlog, NULL));
     /* finish them newest first, one at a time */
     for (int i = 3; i >= 0; i--) {
         job_release(&jobs[i]);
@@ -268,19 +283,9 @@ static void test_thread_pool_stop_dispatch_leaves_rest_of_batch_to_next_poll(voi
     gate_reset();
     QLContext *ctx = ql_context_new();
     QLThreadPool *pool = ql_context_thread_pool(ctx);
-    QL_CHECK_EQ(ql_thread_pool_set_sizes(pool, 0, 4), 0);
     int log[4], nlog = 0;
     Job jobs[4] = {{0}};
-    for (int i = 0; i < 4; i++) {
-        jobs[i].id = i;
-        jobs[i].gated = 1;
-        jobs[i].log = log;
-        jobs[i].nlog = &nlog;
-        jobs[i].ctx = ctx;
-        jobs[i].extra = i < 3 ? stop_dispatch_extra : NULL;
-        QL_CHECK(ql_thread_pool_submit(pool, work, &jobs[i], done_cb, &jobs[i]));
-    }
-    QL_CHECK(wait_entered(4));
+    QL_CHECK(submit_gated_batch(ctx, pool, jobs, log, &nlog, stop_dispatch_extra));
     gate_set_open();
     QL_CHECK(wait_idle(pool, 4));
     for (int i = 0; i < 3; i++) {
