@@ -202,43 +202,89 @@ static int take_fds(struct msghdr *msg, int *fds, size_t *nfds)
     return 0;
 }
 
-/* One read attempt that never waits for readiness (a blocking non-socket fd
- * may sleep inside the system call, with the blocking hooks around it). */
-static ssize_t readv_once(QLChannel *ch, const struct iovec *iov, int niov, int *fds,
-                          size_t *nfds)
+/* One recvmsg(2) on a socket, taking passed fds when fds is given.
+ * Returns bytes or -1 with errno set (EMSGSIZE: more fds than *nfds). */
+static ssize_t recv_socket(int fd, const struct iovec *iov, int niov, int *fds, size_t *nfds)
 {
-    if (ch->rfd < 0) {
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * QL_CHANNEL_MAX_FDS)];
+    } control;
+    struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)niov};
+    int flags = MSG_DONTWAIT;
+    if (fds) {
+        msg.msg_control = control.buf;
+        msg.msg_controllen = sizeof(control.buf);
+        flags |= MSG_CMSG_CLOEXEC;
+    }
+    ssize_t n = recvmsg(fd, &msg, flags);
+    if (n >= 0 && fds) {
+        int r = take_fds(&msg, fds, nfds);
+        if (r < 0) {
+            errno = -r;
+            return -1;
+        }
+    }
+    return n;
+}
+
+/* One sendmsg(2) on a socket, passing nfds fds.  Bytes or -1 with errno. */
+static ssize_t send_socket(int fd, const struct iovec *iov, int niov, const int *fds,
+                           size_t nfds)
+{
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * QL_CHANNEL_MAX_FDS)];
+    } control;
+    struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)niov};
+    if (nfds) {
+        memset(&control, 0, sizeof(control));
+        msg.msg_control = control.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    return sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+/* readv(2) or writev(2) on a non-socket fd; a blocking fd may sleep inside
+ * the system call, with the blocking hooks around it. */
+static ssize_t plain_rwv(QLChannel *ch, ssize_t (*fn)(int, const struct iovec *, int), int fd,
+                         const struct iovec *iov, int niov)
+{
+    if (!ch->blocking) {
+        return fn(fd, iov, niov);
+    }
+    void *token = ql_blocking_begin();
+    ssize_t n = fn(fd, iov, niov);
+    int e = errno;
+    ql_blocking_end(token);
+    errno = e;
+    return n;
+}
+
+/* One transfer attempt in either direction (out: write) that never waits
+ * for readiness; retried at once on EINTR.  Reading takes passed fds into
+ * fds (capacity and count in *nfds) when fds is given; writing passes the
+ * *nfds fds of fds (only read).  Returns bytes, QL_CHANNEL_ERR_BLOCK or
+ * -errno. */
+static ssize_t rw_once(QLChannel *ch, bool out, const struct iovec *iov, int niov, int *fds,
+                       size_t *nfds)
+{
+    int fd = out ? ch->wfd : ch->rfd;
+    if (fd < 0) {
         return -EBADF;
     }
     for (;;) {
         ssize_t n;
         if (ch->socket) {
-            union {
-                struct cmsghdr align;
-                char buf[CMSG_SPACE(sizeof(int) * QL_CHANNEL_MAX_FDS)];
-            } control;
-            struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)niov};
-            int flags = MSG_DONTWAIT;
-            if (fds) {
-                msg.msg_control = control.buf;
-                msg.msg_controllen = sizeof(control.buf);
-                flags |= MSG_CMSG_CLOEXEC;
-            }
-            n = recvmsg(ch->rfd, &msg, flags);
-            if (n >= 0 && fds) {
-                int r = take_fds(&msg, fds, nfds);
-                if (r < 0) {
-                    return r;
-                }
-            }
-        } else if (ch->blocking) {
-            void *token = ql_blocking_begin();
-            n = readv(ch->rfd, iov, niov);
-            int e = errno;
-            ql_blocking_end(token);
-            errno = e;
+            n = out ? send_socket(fd, iov, niov, fds, nfds ? *nfds : 0)
+                    : recv_socket(fd, iov, niov, fds, nfds);
         } else {
-            n = readv(ch->rfd, iov, niov);
+            n = plain_rwv(ch, out ? writev : readv, fd, iov, niov);
         }
         if (n >= 0) {
             return n;
@@ -251,56 +297,38 @@ static ssize_t readv_once(QLChannel *ch, const struct iovec *iov, int niov, int 
         }
         return -errno;
     }
+}
+
+static ssize_t readv_once(QLChannel *ch, const struct iovec *iov, int niov, int *fds,
+                          size_t *nfds)
+{
+    return rw_once(ch, false, iov, niov, fds, nfds);
 }
 
 static ssize_t writev_once(QLChannel *ch, const struct iovec *iov, int niov, const int *fds,
                            size_t nfds)
 {
-    if (ch->wfd < 0) {
-        return -EBADF;
-    }
-    for (;;) {
-        ssize_t n;
-        if (ch->socket) {
-            union {
-                struct cmsghdr align;
-                char buf[CMSG_SPACE(sizeof(int) * QL_CHANNEL_MAX_FDS)];
-            } control;
-            struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)niov};
-            if (nfds) {
-                memset(&control, 0, sizeof(control));
-                msg.msg_control = control.buf;
-                msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-                struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-                c->cmsg_level = SOL_SOCKET;
-                c->cmsg_type = SCM_RIGHTS;
-                c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-                memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-            }
-            n = sendmsg(ch->wfd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-        } else if (ch->blocking) {
-            void *token = ql_blocking_begin();
-            n = writev(ch->wfd, iov, niov);
-            int e = errno;
-            ql_blocking_end(token);
-            errno = e;
-        } else {
-            n = writev(ch->wfd, iov, niov);
-        }
-        if (n >= 0) {
-            return n;
-        }
-        if (errno == EINTR) {
-            continue;
-        }
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            return QL_CHANNEL_ERR_BLOCK;
-        }
-        return -errno;
-    }
+    /* rw_once only reads fds when writing */
+    return rw_once(ch, true, iov, niov, (int *)fds, &nfds);
 }
 
 /* ---- public single operations ------------------------------------------- */
+
+/* rw_once; a blocking channel waits for readiness and tries again. */
+static ssize_t rw_blocking(QLChannel *ch, bool out, const struct iovec *iov, int niov, int *fds,
+                           size_t *nfds)
+{
+    for (;;) {
+        ssize_t n = rw_once(ch, out, iov, niov, fds, nfds);
+        if (n != QL_CHANNEL_ERR_BLOCK || !ch->blocking) {
+            return n;
+        }
+        int r = ql_channel_wait(ch, out ? QL_CHANNEL_OUT : QL_CHANNEL_IN);
+        if (r < 0) {
+            return r;
+        }
+    }
+}
 
 ssize_t ql_channel_readv(QLChannel *ch, const struct iovec *iov, int niov, int *fds,
                          size_t *nfds)
@@ -308,16 +336,7 @@ ssize_t ql_channel_readv(QLChannel *ch, const struct iovec *iov, int niov, int *
     if (fds && !ch->socket) {
         return -EINVAL;
     }
-    for (;;) {
-        ssize_t n = readv_once(ch, iov, niov, fds, nfds);
-        if (n != QL_CHANNEL_ERR_BLOCK || !ch->blocking) {
-            return n;
-        }
-        int r = ql_channel_wait(ch, QL_CHANNEL_IN);
-        if (r < 0) {
-            return r;
-        }
-    }
+    return rw_blocking(ch, false, iov, niov, fds, nfds);
 }
 
 ssize_t ql_channel_writev(QLChannel *ch, const struct iovec *iov, int niov, const int *fds,
@@ -326,16 +345,7 @@ ssize_t ql_channel_writev(QLChannel *ch, const struct iovec *iov, int niov, cons
     if (nfds > QL_CHANNEL_MAX_FDS || (nfds && !ch->socket)) {
         return -EINVAL;
     }
-    for (;;) {
-        ssize_t n = writev_once(ch, iov, niov, fds, nfds);
-        if (n != QL_CHANNEL_ERR_BLOCK || !ch->blocking) {
-            return n;
-        }
-        int r = ql_channel_wait(ch, QL_CHANNEL_OUT);
-        if (r < 0) {
-            return r;
-        }
-    }
+    return rw_blocking(ch, true, iov, niov, (int *)fds, &nfds);
 }
 
 ssize_t ql_channel_read(QLChannel *ch, void *buf, size_t len)

@@ -34,6 +34,8 @@
 #include "qloop/blocking.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -237,6 +239,9 @@ static void handler_remove(QLContext *ctx, QLFdHandler *node)
     }
 }
 
+/* Make fd_table[fd] exist.  The caller has checked that fd is open, so it
+ * is below the process's fd limit; doubling stops at fd + 1 where it would
+ * overflow an int. */
 static int fd_table_reserve(QLContext *ctx, int fd)
 {
     if (fd < ctx->fd_table_size) {
@@ -244,9 +249,9 @@ static int fd_table_reserve(QLContext *ctx, int fd)
     }
     int size = ctx->fd_table_size ? ctx->fd_table_size : 64;
     while (size <= fd) {
-        size *= 2;
+        size = size > INT_MAX / 2 ? fd + 1 : size * 2;
     }
-    QLFdHandler **t = realloc(ctx->fd_table, size * sizeof *t);
+    QLFdHandler **t = realloc(ctx->fd_table, (size_t)size * sizeof *t);
     if (!t) {
         return -ENOMEM;
     }
@@ -271,6 +276,12 @@ int ql_context_set_fd_handler(QLContext *ctx, int fd, QLIOHandler *io_read,
     }
     uint32_t events = (io_read ? POLLIN | POLLHUP | POLLERR : 0) | (io_write ? POLLOUT | POLLERR : 0);
     if (!node) {
+        /* A bad fd is refused before anything is allocated for it: the
+         * table is indexed by fd, so a huge unopened number would
+         * otherwise grow it (to gigabytes) before the monitor said EBADF. */
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
+            return -EBADF;
+        }
         int r = fd_table_reserve(ctx, fd);
         if (r < 0) {
             return r;

@@ -144,6 +144,8 @@ typedef struct ChildWatch {
 
 static pthread_mutex_t watch_lock = PTHREAD_MUTEX_INITIALIZER;
 static ChildWatch *watches;      /* [watch_lock] */
+static ChildWatch *reaped;       /* collected, callback still to run (a callback
+                                  * stopped the dispatch): main loop thread */
 static bool sigchld_installed;   /* [watch_lock] */
 static struct sigaction old_sigchld;
 
@@ -189,7 +191,8 @@ static void child_bh_cb(void *opaque)
         }
     }
     pthread_mutex_unlock(&watch_lock);
-    /* Callbacks run unlocked (they may add watches), oldest reap first. */
+    /* Callbacks run unlocked (they may add watches), oldest reap first,
+     * after those a stopped dispatch left (see reaped). */
     ChildWatch *rev = NULL;
     while (done) {
         ChildWatch *n = done->next;
@@ -197,13 +200,24 @@ static void child_bh_cb(void *opaque)
         rev = done;
         done = n;
     }
-    while (rev) {
-        ChildWatch *w = rev;
-        rev = w->next;
+    ChildWatch **tail = &reaped;
+    while (*tail) {
+        tail = &(*tail)->next;
+    }
+    *tail = rev;
+    while (reaped) {
+        ChildWatch *w = reaped;
+        reaped = w->next;
         if (w->cb) {
             w->cb(w->pid, w->status, w->opaque);
         }
         free(w);
+        if (reaped && main_ctx->stop_dispatch) {
+            /* A callback stopped the dispatch (a Python one raised): the
+             * rest are reported by the next run. */
+            ql_bh_schedule(child_bh);
+            return;
+        }
     }
 }
 
@@ -257,6 +271,11 @@ static void child_watch_cleanup(void)
         free(w);
     }
     pthread_mutex_unlock(&watch_lock);
+    while (reaped) {
+        ChildWatch *w = reaped;
+        reaped = w->next;
+        free(w);
+    }
 }
 
 /* ---- the main loop ------------------------------------------------------------ */
@@ -402,7 +421,13 @@ int ql_main_loop_wait(bool nonblocking)
     if (took_lock) {
         ql_iothread_lock();
     }
-    if (run_polling_cbs()) {
+    /* One iteration is one dispatch: a callback that stops it (a polling
+     * callback, or one of the main context) also stops the dispatches that
+     * come after it in this iteration; what they would have run stays
+     * ready for the next one.  Clear requests left from elsewhere first. */
+    main_ctx->stop_dispatch = false;
+    io_ctx->stop_dispatch = false;
+    if (run_polling_cbs() || main_ctx->stop_dispatch || io_ctx->stop_dispatch) {
         nonblocking = true;
     }
     int64_t timeout = min_timeout(ql_context_prepare(main_ctx), ql_context_prepare(io_ctx));
@@ -410,14 +435,16 @@ int ql_main_loop_wait(bool nonblocking)
         main_loop_sleep(timeout);
     }
     int ret = 0, r;
-    if (ql_context_check(main_ctx)) {
+    if (ql_context_check(main_ctx) && !main_ctx->stop_dispatch) {
         r = ql_context_dispatch(main_ctx);
         ret = r < 0 ? r : ret | r;
     }
-    if (ql_context_check(io_ctx)) {
+    if (ql_context_check(io_ctx) && !io_ctx->stop_dispatch) {
         r = ql_context_dispatch(io_ctx);
         ret = ret < 0 ? ret : r < 0 ? r : ret | r;
     }
+    main_ctx->stop_dispatch = false;
+    io_ctx->stop_dispatch = false;
     if (took_lock) {
         ql_iothread_unlock();
     }

@@ -20,6 +20,7 @@
 #include "qloop/thread-pool.h"
 #include "qloop/blocking.h"
 #include "thread-pool-int.h"
+#include "context-int.h"
 #include "misuse.h"
 
 #include <errno.h>
@@ -357,7 +358,15 @@ static void completion_bh(void *opaque)
             ql_bh_schedule(pool->bh);
             rescheduled = true;
         }
+        QLContext *ctx = pool->ctx;
         deliver(pool, r);
+        if (ctx && ctx->stop_dispatch && pool->ready.head) {
+            /* A callback asked the dispatch to stop (ql_context_stop_dispatch:
+             * e.g. it raised and the poll must return now).  The rest of the
+             * batch stays on the ready list; the BH, scheduled again above
+             * before this callback ran, delivers it in the next poll. */
+            return;
+        }
     }
     if (rescheduled) {
         /* Everything was delivered: drop the extra run, unless requests

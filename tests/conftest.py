@@ -106,3 +106,13 @@ def set_when_gil_released(event):
         t.join()
 
     return go, done
+
+
+@pytest.fixture
+def unraisable():
+    """Exceptions reported through sys.unraisablehook while the test runs."""
+    seen = []
+    old = sys.unraisablehook
+    sys.unraisablehook = lambda u: seen.append(u.exc_value)
+    yield seen
+    sys.unraisablehook = old

@@ -1,4 +1,5 @@
 """fd handlers, flush/pending, event notifiers, embedding and signals."""
+import errno
 import os
 import select
 import signal
@@ -9,7 +10,7 @@ import time
 import pytest
 
 import qloop
-from conftest import pipe_nonblocking
+from conftest import SANITIZED, pipe_nonblocking
 
 
 def test_read_handler_is_level_triggered(ctx):
@@ -257,3 +258,33 @@ def test_sigint_during_blocking_poll_raises_keyboard_interrupt(ctx):
         assert time.monotonic() - t0 < 10
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize("monitor", ["epoll", "poll"])
+def test_set_fd_handler_huge_unopened_fd_raises_ebadf_without_allocating(monkeypatch, monitor):
+    # The context's fd table is indexed by fd: an unopened fd number far above
+    # anything open must be refused before that table grows for it.
+    monkeypatch.setenv("QLOOP_FDMON", monitor)
+    c = qloop.AioContext()
+    try:
+        rss = _rss_bytes()
+        for fd in (10**6, 4 * 10**6):  # an 8 and a 32 MB table if it grew
+            for kwargs in ({"read": lambda: None}, {"write": lambda: None},
+                           {"flush": lambda: False}):
+                with pytest.raises(OSError) as ei:
+                    c.set_fd_handler(fd, **kwargs)
+                assert ei.value.errno == errno.EBADF
+        if not SANITIZED:  # ASan's quarantine keeps freed memory resident
+            assert _rss_bytes() - rss < 16 * 2**20
+        with pytest.raises(OSError) as ei:
+            c.set_fd_handler(2**30 - 1, read=lambda: None)
+        assert ei.value.errno == errno.EBADF
+        c.set_fd_handler(2**30 - 1)  # removing what is not there: no-op
+        assert c.poll(blocking=False) is False
+    finally:
+        c.close()

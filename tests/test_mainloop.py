@@ -197,3 +197,89 @@ def test_aio_wait_and_aio_flush_poll_the_main_context():
     assert qloop.aio_wait() is True
     qloop.aio_flush()
     assert ran == [1]
+
+
+def test_main_loop_wait_iohandler_failing_callbacks_none_unraisable(unraisable):
+    drain()
+    main = qloop.get_aio_context()
+    ran = []
+
+    def fail(what):
+        ran.append(what)
+        raise LookupError(what)
+
+    pipes = []
+    for i in range(2):
+        r, w = os.pipe()
+        pipes.append((r, w))
+        os.write(w, b"x")
+        qloop.set_fd_handler(r, read=lambda r=r, i=i: (os.read(r, 10), fail("io%d" % i)))
+    main.schedule_oneshot(fail, "main0")
+    main.schedule_oneshot(fail, "main1")
+    raised = []
+    try:
+        for _ in range(20):
+            before = len(ran)
+            try:
+                qloop.main_loop_wait(nonblocking=True)
+            except LookupError as e:
+                raised.append(e.args[0])
+                assert len(ran) == before + 1  # the rest waits for the next calls
+            if len(ran) == 4:
+                break
+    finally:
+        for r, w in pipes:
+            qloop.set_fd_handler(r)
+            os.close(r)
+            os.close(w)
+    assert raised == ran
+    assert sorted(ran) == ["io0", "io1", "main0", "main1"]
+    assert ran[:2] == ["main0", "main1"]  # main context first
+    assert unraisable == []
+
+
+def test_main_loop_wait_polling_callback_failure_stops_the_iteration(unraisable):
+    drain()
+    ran = []
+
+    def failing_poll():
+        raise KeyError("polling")
+
+    qloop.get_aio_context().schedule_oneshot(ran.append, 1)
+    qloop.add_polling_cb(failing_poll)
+    try:
+        with pytest.raises(KeyError, match="polling"):
+            qloop.main_loop_wait()  # raises at once: no wait, nothing dispatched
+        assert ran == []
+    finally:
+        qloop.del_polling_cb(failing_poll)
+    assert qloop.main_loop_wait(nonblocking=True) is True
+    assert ran == [1]
+    assert unraisable == []
+
+
+def test_child_watch_failing_callbacks_raise_one_per_main_loop_wait(unraisable):
+    drain()
+    pids = [fork_exit(i) for i in (1, 2, 3)]
+    for pid in pids:  # all have exited (not reaped) before their watches exist
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    got = []
+
+    def cb(pid, status):
+        got.append(pid)
+        raise ChildProcessError(pid)
+
+    for pid in pids:
+        assert qloop.add_child_watch(pid, cb) is True
+    raised = []
+    deadline = time.monotonic() + 20
+    while len(got) < 3 and time.monotonic() < deadline:
+        before = len(got)
+        try:
+            qloop.main_loop_wait(nonblocking=True)
+        except ChildProcessError as e:
+            raised.append(e.args[0])
+            assert len(got) == before + 1  # the others wait for the next calls
+    assert raised == got
+    assert sorted(got) == sorted(pids)
+    assert unraisable == []

@@ -266,3 +266,36 @@ def test_fileno_is_pollable(make_notifier):
     assert p.poll(0) == []
     n.set()
     assert p.poll(0) == [(n.fileno(), select.POLLIN)]
+
+
+def test_untimed_wait_never_misses_a_set_from_another_thread(make_notifier):
+    # Ping-pong: a thread sets `ping` at any moment relative to the waiter's
+    # wait() (before it, while it enters the kernel, while it blocks); the
+    # untimed wait must return every time.  A lost wake-up hangs: the
+    # faulthandler turns that into a failure with the stacks.
+    import faulthandler
+    ping, pong = make_notifier(), make_notifier()
+    rounds = 3000
+    stop = []
+
+    def setter():
+        for _ in range(rounds):
+            ping.set()
+            pong.wait()
+            pong.test_and_clear()
+            if stop:
+                return
+
+    t = threading.Thread(target=setter)
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        t.start()
+        for _ in range(rounds):
+            assert ping.wait() is True
+            assert ping.test_and_clear() is True
+            pong.set()
+    finally:
+        stop.append(1)
+        pong.set()
+        t.join()
+        faulthandler.cancel_dump_traceback_later()

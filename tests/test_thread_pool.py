@@ -508,3 +508,70 @@ def test_close_refused_while_another_thread_polls_the_context():
         assert pool.closed and got == [5]
     finally:
         io.stop()
+
+
+def test_thread_pool_failing_completions_raise_one_per_poll(ctx, unraisable):
+    n = 6
+    pool = qloop.ThreadPool(min_threads=0, max_threads=n, context=ctx)
+    results = []
+    entered = []
+
+    def cb(req):
+        results.append(req.result())
+        raise ValueError(req.result())
+
+    def work(gate, i):
+        entered.append(i)
+        gate.wait(TIMEOUT)
+        return i
+
+    gate = threading.Event()
+    for i in range(n):
+        pool.submit(work, gate, i, callback=cb)
+    wait_for(lambda: len(entered) == n)
+    gate.set()
+    # A worker goes idle only once its request is on the done list: all n
+    # completions are one batch for the first poll.
+    wait_for(lambda: pool.num_idle == n)
+    raised = []
+    deadline = time.monotonic() + TIMEOUT
+    while len(raised) < n:
+        assert time.monotonic() < deadline, "completions not delivered"
+        before = len(results)
+        try:
+            ctx.poll(blocking=True)
+        except ValueError as e:
+            raised.append(e.args[0])
+            # one failing callback per poll: the rest wait for the next ones
+            assert len(results) == before + 1
+    assert raised == results == list(range(n))
+    assert unraisable == []
+    assert ctx.poll(blocking=False) is False
+    pool.close()
+
+
+def test_qiotask_failing_completions_raise_one_per_poll(ctx, unraisable):
+    n = 4
+    gate = threading.Event()
+    done = []
+
+    def cb(task):
+        done.append(task.result)
+        raise ValueError(task.result)
+
+    for i in range(n):
+        qloop.QIOTask(object(), cb, context=ctx).run_in_thread(
+            lambda i=i: gate.wait(TIMEOUT) and i)
+    gate.set()
+    raised = []
+    deadline = time.monotonic() + TIMEOUT
+    while len(done) < n:
+        assert time.monotonic() < deadline, "completions not delivered"
+        before = len(done)
+        try:
+            ctx.poll(blocking=True)
+        except ValueError as e:
+            raised.append(e.args[0])
+            assert len(done) == before + 1
+    assert sorted(raised) == sorted(done) == list(range(n))
+    assert unraisable == []

@@ -35,11 +35,15 @@ static void bh_run(void *opaque)
     }
 }
 
+static void bh_unlink(BHObject *self);
+
 static void bh_dequeued(void *opaque)
 {
     BHObject *self = opaque;
     if (self->pending_ref > 0) {
-        self->pending_ref--;
+        if (--self->pending_ref == 0 && !self->bh) {
+            bh_unlink(self); /* deleted while pending (see bh_release) */
+        }
         Py_DECREF(self);
     }
 }
@@ -65,12 +69,15 @@ static void bh_release(BHObject *self)
         return;
     }
     self->bh = NULL;
-    bh_unlink(self);
     if (!self->pending_ref) {
         /* Not on the list: the object may be gone before the core dequeues
          * the deleted BH, so nothing may point back at it. */
+        bh_unlink(self);
         ql_bh_set_dequeue_hook(bh, NULL);
     }
+    /* Else it stays on ctx->bhs until its dequeue (bh_dequeued unlinks
+     * it): the pending list's reference to it is the context's, and the
+     * context's tp_traverse reports it from there. */
     ql_bh_delete(bh);
     /* It can never run again: let go of what it would have called. */
     Py_CLEAR(self->cb);
@@ -249,8 +256,19 @@ int qlpy_bh_traverse_pending(ContextObject *ctx, visitproc visit, void *arg)
 
 void qlpy_bh_detach_all(ContextObject *ctx)
 {
-    while (ctx->bhs) {
-        bh_release(ctx->bhs); /* unlinks it */
+    /* bh_release unlinks a BH unless it is pending; a pending one (also one
+     * deleted earlier) stays linked until the context's free dequeues it.
+     * Start over from the head after each release: dropping a callable can
+     * run Python code that deletes other BHs (unlinking them). */
+    for (;;) {
+        BHObject *b = ctx->bhs;
+        while (b && !b->bh) {
+            b = b->next;
+        }
+        if (!b) {
+            break;
+        }
+        bh_release(b);
     }
     /* oneshot nodes are handled in qlpy_oneshot_drop_pool */
     extern void qlpy_oneshot_drop_pool(ContextObject *ctx);
@@ -304,8 +322,22 @@ struct OneshotNode {
     ContextObject *ctx; /* borrowed: nodes die with the context */
     PyObject *cb;
     PyObject *args;
-    OneshotNode *next;
+    OneshotNode *next;  /* ctx->oneshot_free or ctx->oneshot_pending */
+    OneshotNode *prev;  /* ctx->oneshot_pending only */
 };
+
+static void oneshot_unlink_pending(OneshotNode *n)
+{
+    if (n->prev) {
+        n->prev->next = n->next;
+    } else {
+        n->ctx->oneshot_pending = n->next;
+    }
+    if (n->next) {
+        n->next->prev = n->prev;
+    }
+    n->next = n->prev = NULL;
+}
 
 static void oneshot_run(void *opaque)
 {
@@ -319,6 +351,7 @@ static void oneshot_dequeued(void *opaque)
     ContextObject *ctx = n->ctx;
     PyObject *cb = n->cb, *args = n->args;
     n->cb = n->args = NULL;
+    oneshot_unlink_pending(n);
     if (!ctx->ctx) {
         free(n); /* the context is being freed; it frees the QLBH */
     } else if (ctx->oneshot_free_count < ONESHOT_POOL_MAX) {
@@ -373,8 +406,27 @@ PyObject *qlpy_context_schedule_oneshot(ContextObject *self, PyObject *const *ar
     }
     n->cb = Py_NewRef(cb);
     n->args = tuple;
+    n->prev = NULL;
+    n->next = self->oneshot_pending;
+    if (n->next) {
+        n->next->prev = n;
+    }
+    self->oneshot_pending = n;
     ql_bh_schedule(n->bh);
     Py_RETURN_NONE;
+}
+
+int qlpy_oneshot_traverse_pending(ContextObject *ctx, visitproc visit, void *arg)
+{
+    /* A pending oneshot's callable and arguments are held by the context
+     * (through its C BH): report them, so that one referencing the context
+     * (context -> node -> callable -> context) is a cycle the collector
+     * can see.  tp_clear (closing the context) dequeues and drops them. */
+    for (OneshotNode *n = ctx->oneshot_pending; n; n = n->next) {
+        Py_VISIT(n->cb);
+        Py_VISIT(n->args);
+    }
+    return 0;
 }
 
 int qlpy_bh_register(PyObject *m)

@@ -13,6 +13,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <stdbool.h>
 #include <unistd.h>
 
 #include "glue.h"
@@ -281,6 +282,25 @@ static PyObject *fdch_set_blocking(FdChannelObject *self, PyObject *arg)
 
 /* ---- single operations ------------------------------------------------- */
 
+/* One ql_channel_read (out false) or ql_channel_write of len bytes at buf;
+ * on EINTR the signal handlers run, then it tries again.  Returns -1 with
+ * the exception set if a handler raised, else 0 with *res the result
+ * (bytes, QL_CHANNEL_ERR_BLOCK or another negative errno). */
+static int transfer(FdChannelObject *self, bool out, void *buf, size_t len, ssize_t *res)
+{
+    ssize_t r;
+    QLChannel *ch = ch_enter(self);
+    while ((r = out ? ql_channel_write(ch, buf, len) : ql_channel_read(ch, buf, len)) == -EINTR) {
+        if (interrupted() < 0) {
+            ch_leave(self);
+            return -1;
+        }
+    }
+    ch_leave(self);
+    *res = r;
+    return 0;
+}
+
 /* read(n) reads into a spare bytes object of at least n bytes.  A short
  * result (at most half of it) is copied into a new bytes object of its own
  * size and the spare kept for the next read: a read(65536) that returns a
@@ -308,17 +328,9 @@ static PyObject *fdch_read(FdChannelObject *self, PyObject *arg)
         }
     }
     ssize_t r;
-    QLChannel *ch = ch_enter(self);
-    for (;;) {
-        r = ql_channel_read(ch, PyBytes_AS_STRING(b), (size_t)n);
-        if (r != -EINTR) {
-            break;
-        }
-        if (interrupted() < 0) {
-            break;
-        }
+    if (transfer(self, false, PyBytes_AS_STRING(b), (size_t)n, &r) < 0) {
+        r = -EINTR; /* interrupted: the exception is set */
     }
-    ch_leave(self);
     Py_ssize_t size = PyBytes_GET_SIZE(b);
     if (r >= 0 && r == size) {
         return b;
@@ -334,7 +346,7 @@ static PyObject *fdch_read(FdChannelObject *self, PyObject *arg)
         out = Py_NewRef(Py_None);
     } else if (r != -EINTR) {
         out = raise_err(r);
-    } /* else: interrupted, the exception is set */
+    }
     if (!read_spare && size > 0 && size <= READ_SPARE_MAX) {
         read_spare = b;
     } else {
@@ -343,10 +355,12 @@ static PyObject *fdch_read(FdChannelObject *self, PyObject *arg)
     return out;
 }
 
-static PyObject *fdch_readinto(FdChannelObject *self, PyObject *arg)
+/* readinto(buffer) (out false) and write(buffer): the count, or None when
+ * the channel would block. */
+static PyObject *transfer_buffer(FdChannelObject *self, PyObject *arg, bool out)
 {
     Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_WRITABLE) < 0) {
+    if (PyObject_GetBuffer(arg, &view, out ? PyBUF_SIMPLE : PyBUF_WRITABLE) < 0) {
         return NULL;
     }
     if (check_open(self) < 0) {
@@ -354,16 +368,11 @@ static PyObject *fdch_readinto(FdChannelObject *self, PyObject *arg)
         return NULL;
     }
     ssize_t r;
-    QLChannel *ch = ch_enter(self);
-    while ((r = ql_channel_read(ch, view.buf, (size_t)view.len)) == -EINTR) {
-        if (interrupted() < 0) {
-            ch_leave(self);
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-    }
-    ch_leave(self);
+    int e = transfer(self, out, view.buf, (size_t)view.len, &r);
     PyBuffer_Release(&view);
+    if (e < 0) {
+        return NULL;
+    }
     if (r == QL_CHANNEL_ERR_BLOCK) {
         Py_RETURN_NONE;
     }
@@ -373,34 +382,14 @@ static PyObject *fdch_readinto(FdChannelObject *self, PyObject *arg)
     return PyLong_FromSsize_t(r);
 }
 
+static PyObject *fdch_readinto(FdChannelObject *self, PyObject *arg)
+{
+    return transfer_buffer(self, arg, false);
+}
+
 static PyObject *fdch_write(FdChannelObject *self, PyObject *arg)
 {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    if (check_open(self) < 0) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    ssize_t r;
-    QLChannel *ch = ch_enter(self);
-    while ((r = ql_channel_write(ch, view.buf, (size_t)view.len)) == -EINTR) {
-        if (interrupted() < 0) {
-            ch_leave(self);
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-    }
-    ch_leave(self);
-    PyBuffer_Release(&view);
-    if (r == QL_CHANNEL_ERR_BLOCK) {
-        Py_RETURN_NONE;
-    }
-    if (r < 0) {
-        return raise_err(r);
-    }
-    return PyLong_FromSsize_t(r);
+    return transfer_buffer(self, arg, true);
 }
 
 /* ---- the *_all loops --------------------------------------------------- */

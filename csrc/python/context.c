@@ -202,6 +202,7 @@ static int context_traverse(ContextObject *self, visitproc visit, void *arg)
     Py_VISIT(self->fd_handlers);
     Py_VISIT(self->graveyard);
     int r = qlpy_bh_traverse_pending(self, visit, arg);
+    r = r ? r : qlpy_oneshot_traverse_pending(self, visit, arg);
     return r ? r : qlpy_timer_traverse_armed(self, visit, arg);
 }
 

@@ -27,6 +27,8 @@ typedef struct ContextObject {
     BHObject *bhs;           /* live BH objects (intrusive list, for close) */
     TimerObject *timers;     /* live Timer objects (intrusive list, for close) */
     OneshotNode *oneshot_free; /* recycled oneshot nodes */
+    OneshotNode *oneshot_pending; /* scheduled oneshot nodes (their callables are
+                                   * ours: reported by tp_traverse) */
     int oneshot_free_count;
     int dispatch_depth;      /* polls of this context running (nesting) */
     unsigned long poll_thread; /* thread running poll() when dispatch_depth > 0 */
@@ -115,8 +117,11 @@ void qlpy_bh_detach_all(ContextObject *ctx);
 void qlpy_timer_detach_all(ContextObject *ctx);
 
 /* tp_traverse helpers: visit the BH objects whose reference the pending list
- * holds and the Timer objects whose reference the timer list holds. */
+ * holds (deleted ones still queued included), the callables and arguments
+ * of scheduled oneshots, and the Timer objects whose reference the timer
+ * list holds. */
 int qlpy_bh_traverse_pending(ContextObject *ctx, visitproc visit, void *arg);
+int qlpy_oneshot_traverse_pending(ContextObject *ctx, visitproc visit, void *arg);
 int qlpy_timer_traverse_armed(ContextObject *ctx, visitproc visit, void *arg);
 
 /* schedule_oneshot(cb, *args) implementation (METH_FASTCALL). */

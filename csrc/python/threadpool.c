@@ -217,6 +217,30 @@ static ContextObject *default_context(void)
     return (ContextObject *)ctx;
 }
 
+/* The open context a pool delivers into, from a `name` argument that is an
+ * AioContext or None (default_context()).  New reference, or NULL with
+ * TypeError / the closed-context error. */
+static ContextObject *context_arg(PyObject *ctxarg, const char *name)
+{
+    ContextObject *ctx;
+    if (ctxarg == Py_None) {
+        if (!(ctx = default_context())) {
+            return NULL;
+        }
+    } else if (PyObject_TypeCheck(ctxarg, &QLPy_ContextType)) {
+        ctx = (ContextObject *)Py_NewRef(ctxarg);
+    } else {
+        PyErr_Format(PyExc_TypeError, "%s must be an AioContext or None, not %.100s", name,
+                     Py_TYPE(ctxarg)->tp_name);
+        return NULL;
+    }
+    if (qlpy_context_check_open(ctx) < 0) {
+        Py_DECREF(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
 static int pool_check(ThreadPoolObject *self)
 {
     if (!self->pool || !self->ctx->ctx) {
@@ -279,19 +303,8 @@ static PyObject *pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                             "max_threads and max_threads > 0 (got min_threads=%d, "
                             "max_threads=%d)", min_threads, max_threads);
     }
-    ContextObject *ctx;
-    if (ctxarg == Py_None) {
-        if (!(ctx = default_context())) {
-            return NULL;
-        }
-    } else if (PyObject_TypeCheck(ctxarg, &QLPy_ContextType)) {
-        ctx = (ContextObject *)Py_NewRef(ctxarg);
-    } else {
-        return PyErr_Format(PyExc_TypeError, "context must be an AioContext or None, not %.100s",
-                            Py_TYPE(ctxarg)->tp_name);
-    }
-    if (qlpy_context_check_open(ctx) < 0) {
-        Py_DECREF(ctx);
+    ContextObject *ctx = context_arg(ctxarg, "context");
+    if (!ctx) {
         return NULL;
     }
     ThreadPoolObject *self = (ThreadPoolObject *)type->tp_alloc(type, 0);
@@ -321,19 +334,8 @@ static PyObject *context_thread_pool(PyObject *mod, PyObject *const *args, Py_ss
         return NULL;
     }
     PyObject *ctxarg = args[1];
-    ContextObject *ctx;
-    if (ctxarg == Py_None) {
-        if (!(ctx = default_context())) {
-            return NULL;
-        }
-    } else if (PyObject_TypeCheck(ctxarg, &QLPy_ContextType)) {
-        ctx = (ContextObject *)Py_NewRef(ctxarg);
-    } else {
-        return PyErr_Format(PyExc_TypeError, "ctx must be an AioContext or None, not %.100s",
-                            Py_TYPE(ctxarg)->tp_name);
-    }
-    if (qlpy_context_check_open(ctx) < 0) {
-        Py_DECREF(ctx);
+    ContextObject *ctx = context_arg(ctxarg, "ctx");
+    if (!ctx) {
         return NULL;
     }
     QLThreadPool *pool = ql_context_thread_pool(ctx->ctx);

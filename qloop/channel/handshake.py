@@ -7,6 +7,11 @@ and ``_hs_input()`` (read once from the master after it became readable).
 yields on the master; outside one with ``cb`` it is a QIOTask driven by
 watches on the master (``cb(task)`` runs in ``context``); without ``cb`` it
 blocks the thread.
+
+The mixin also gives such a channel layered over ``self.master`` what it
+forwards to the master unchanged: readiness (with ``_buffered_input()``:
+True when a read would not need the master, e.g. decrypted or decoded data
+is buffered), ``close()`` and the socket options.
 """
 import errno
 
@@ -91,3 +96,41 @@ class HandshakeMixin:
         task, self._hs_task = self._hs_task, None
         if task is not None and not task.done:
             task.abort(OSError(errno.ECANCELED, "handshake cancelled: channel closed"))
+
+    # ---- what a layered channel forwards to its master -------------------
+    def _buffered_input(self):
+        return False
+
+    def _watch_fds(self):
+        return self.master._watch_fds()
+
+    def _watch_ready(self, condition):
+        ready = IO_IN if condition & IO_IN and self._buffered_input() else 0
+        return ready | self.master._watch_ready(condition)
+
+    def wait(self, condition):
+        ready = self._watch_ready(condition)
+        return ready if ready else self.master.wait(condition)
+
+    def yield_(self, condition):
+        if not self._watch_ready(condition):
+            self.master.yield_(condition)
+
+    def close(self):
+        """Cancel a pending handshake and close the master."""
+        self._hs_cancel()
+        self._drop_watches()
+        self.master.close()
+
+    @property
+    def closed(self):
+        return self.master.closed
+
+    def set_blocking(self, blocking):
+        self.master.set_blocking(blocking)
+
+    def set_delay(self, enabled):
+        self.master.set_delay(enabled)
+
+    def set_cork(self, enabled):
+        self.master.set_cork(enabled)

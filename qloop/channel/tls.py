@@ -159,25 +159,8 @@ class QIOChannelTLS(HandshakeMixin, QIOChannel):
             self._wait_master(IO_OUT)
 
     # ---- readiness ------------------------------------------------------
-    def _watch_fds(self):
-        return self.master._watch_fds()
-
-    def _watch_ready(self, condition):
-        ready = 0
-        if condition & IO_IN and (self._ssl.pending() or self._shut & SHUTDOWN_READ):
-            ready |= IO_IN
-        return ready | self.master._watch_ready(condition)
-
-    def wait(self, condition):
-        ready = self._watch_ready(condition)
-        if ready:
-            return ready
-        return self.master.wait(condition)
-
-    def yield_(self, condition):
-        if self._watch_ready(condition):
-            return
-        self.master.yield_(condition)
+    def _buffered_input(self):
+        return bool(self._ssl.pending() or self._shut & SHUTDOWN_READ)
 
     # ---- control ----------------------------------------------------------
     def bye(self):
@@ -200,25 +183,6 @@ class QIOChannelTLS(HandshakeMixin, QIOChannel):
             self.bye()
         self._shut |= how
         self.master.shutdown(how)
-
-    def close(self):
-        """Cancel a pending handshake and close the master."""
-        self._hs_cancel()
-        self._drop_watches()
-        self.master.close()
-
-    @property
-    def closed(self):
-        return self.master.closed
-
-    def set_blocking(self, blocking):
-        self.master.set_blocking(blocking)
-
-    def set_delay(self, enabled):
-        self.master.set_delay(enabled)
-
-    def set_cork(self, enabled):
-        self.master.set_cork(enabled)
 
     def getpeercert(self, binary_form=False):
         return self._ssl.getpeercert(binary_form)

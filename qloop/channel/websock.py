@@ -372,44 +372,11 @@ class QIOChannelWebsock(HandshakeMixin, QIOChannel):
             self._wait_master(IO_OUT)
 
     # ---- readiness / control -----------------------------------------
-    def _watch_fds(self):
-        return self.master._watch_fds()
-
-    def _watch_ready(self, condition):
-        ready = 0
-        if condition & IO_IN and (self._rbuf or self._eof or self._closed_by_peer or
-                                  self._error is not None):
-            ready |= IO_IN
-        return ready | self.master._watch_ready(condition)
-
-    def wait(self, condition):
-        ready = self._watch_ready(condition)
-        return ready if ready else self.master.wait(condition)
-
-    def yield_(self, condition):
-        if not self._watch_ready(condition):
-            self.master.yield_(condition)
+    def _buffered_input(self):
+        return bool(self._rbuf or self._eof or self._closed_by_peer or self._error is not None)
 
     def shutdown(self, how):
         self.master.shutdown(how)
-
-    def close(self):
-        self._hs_cancel()
-        self._drop_watches()
-        self.master.close()
-
-    @property
-    def closed(self):
-        return self.master.closed
-
-    def set_blocking(self, blocking):
-        self.master.set_blocking(blocking)
-
-    def set_delay(self, enabled):
-        self.master.set_delay(enabled)
-
-    def set_cork(self, enabled):
-        self.master.set_cork(enabled)
 
 
 # ---- a minimal client, for tests and tools ------------------------------

@@ -67,6 +67,26 @@ static void h_write(void *opaque)
     }
 }
 
+/* Setup and teardown shared by the tests: a non-blocking pipe (0 or
+ * -errno); closing a pipe or socket pair, after removing the handler of
+ * its end `end` when there is one. */
+static int open_pipe(int p[2])
+{
+    return pipe2(p, O_NONBLOCK) < 0 ? -errno : 0;
+}
+
+static void close_pair(int fds[2])
+{
+    close(fds[0]);
+    close(fds[1]);
+}
+
+static void unwatch_and_close(QLContext *ctx, int fds[2], int end)
+{
+    ql_context_set_fd_handler(ctx, fds[end], NULL, NULL, NULL, NULL);
+    close_pair(fds);
+}
+
 static void test_fd_monitor_chosen_by_environment(void)
 {
     setenv("QLOOP_FDMON", "poll", 1);
@@ -83,7 +103,7 @@ static void test_fd_read_handler_is_level_triggered(void)
 {
     FOR_EACH_MONITOR(ctx) {
         int p[2];
-        QL_CHECK_EQ(pipe2(p, O_NONBLOCK), 0);
+        QL_CHECK_EQ(open_pipe(p), 0);
         H h = {.ctx = ctx, .fd = p[0]};
         QL_CHECK_EQ(ql_context_set_fd_handler(ctx, p[0], h_read, NULL, NULL, &h), 0);
         QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
@@ -95,9 +115,7 @@ static void test_fd_read_handler_is_level_triggered(void)
         QL_CHECK_EQ(ql_context_poll(ctx, false), 1);
         QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
         QL_CHECK_EQ(h.reads, 3);
-        ql_context_set_fd_handler(ctx, p[0], NULL, NULL, NULL, NULL);
-        close(p[0]);
-        close(p[1]);
+        unwatch_and_close(ctx, p, 0);
     }
 }
 
@@ -105,15 +123,13 @@ static void test_fd_write_handler_runs_while_writable(void)
 {
     FOR_EACH_MONITOR(ctx) {
         int p[2];
-        QL_CHECK_EQ(pipe2(p, O_NONBLOCK), 0);
+        QL_CHECK_EQ(open_pipe(p), 0);
         H h = {.ctx = ctx, .fd = p[1]};
         QL_CHECK_EQ(ql_context_set_fd_handler(ctx, p[1], NULL, h_write, NULL, &h), 0);
         QL_CHECK_EQ(ql_context_poll(ctx, true), 1);
         QL_CHECK_EQ(h.writes, 1);
         QL_CHECK_EQ(h.reads, 0);
-        ql_context_set_fd_handler(ctx, p[1], NULL, NULL, NULL, NULL);
-        close(p[0]);
-        close(p[1]);
+        unwatch_and_close(ctx, p, 1);
     }
 }
 
@@ -129,9 +145,7 @@ static void test_fd_read_runs_before_write(void)
         QL_CHECK_EQ(h.nlog, 2);
         QL_CHECK_EQ(h.log[0], 'r');
         QL_CHECK_EQ(h.log[1], 'w');
-        ql_context_set_fd_handler(ctx, sv[0], NULL, NULL, NULL, NULL);
-        close(sv[0]);
-        close(sv[1]);
+        unwatch_and_close(ctx, sv, 0);
     }
 }
 
@@ -139,7 +153,7 @@ static void test_fd_reregistering_replaces_handler(void)
 {
     FOR_EACH_MONITOR(ctx) {
         int p[2];
-        QL_CHECK_EQ(pipe2(p, O_NONBLOCK), 0);
+        QL_CHECK_EQ(open_pipe(p), 0);
         QL_CHECK_EQ(write(p[1], "x", 1), 1);
         H a = {.ctx = ctx, .fd = p[0]}, b = {.ctx = ctx, .fd = p[0]};
         ql_context_set_fd_handler(ctx, p[0], h_read, NULL, NULL, &a);
@@ -152,9 +166,7 @@ static void test_fd_reregistering_replaces_handler(void)
         ql_context_set_fd_handler(ctx, p[0], NULL, h_write, NULL, &b);
         QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
         QL_CHECK_EQ(b.reads, 1);
-        ql_context_set_fd_handler(ctx, p[0], NULL, NULL, NULL, NULL);
-        close(p[0]);
-        close(p[1]);
+        unwatch_and_close(ctx, p, 0);
     }
 }
 
@@ -162,7 +174,7 @@ static void test_fd_all_null_removes_handler(void)
 {
     FOR_EACH_MONITOR(ctx) {
         int p[2];
-        QL_CHECK_EQ(pipe2(p, O_NONBLOCK), 0);
+        QL_CHECK_EQ(open_pipe(p), 0);
         QL_CHECK_EQ(write(p[1], "x", 1), 1);
         H h = {.ctx = ctx, .fd = p[0]};
         ql_context_set_fd_handler(ctx, p[0], h_read, NULL, NULL, &h);
@@ -171,8 +183,7 @@ static void test_fd_all_null_removes_handler(void)
         QL_CHECK_EQ(ctx->nhandlers, 0);
         QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
         QL_CHECK_EQ(h.reads, 0);
-        close(p[0]);
-        close(p[1]);
+        close_pair(p);
     }
 }
 
@@ -188,8 +199,7 @@ static void test_fd_remove_self_during_dispatch(void)
         QL_CHECK_EQ(h.reads, 1);
         QL_CHECK_EQ(h.writes, 0); /* removed before its write was reached */
         QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
-        close(sv[0]);
-        close(sv[1]);
+        close_pair(sv);
     }
 }
 
@@ -212,10 +222,8 @@ static void test_fd_remove_other_during_dispatch(void)
         QL_CHECK(ctx->fd_deferred == NULL); /* freed when the poll ended */
         ql_context_set_fd_handler(ctx, p[0], NULL, NULL, NULL, NULL);
         ql_context_set_fd_handler(ctx, q[0], NULL, NULL, NULL, NULL);
-        close(p[0]);
-        close(p[1]);
-        close(q[0]);
-        close(q[1]);
+        close_pair(p);
+        close_pair(q);
     }
 }
 
@@ -223,7 +231,7 @@ static void test_fd_hangup_runs_read_handler(void)
 {
     FOR_EACH_MONITOR(ctx) {
         int p[2];
-        QL_CHECK_EQ(pipe2(p, O_NONBLOCK), 0);
+        QL_CHECK_EQ(open_pipe(p), 0);
         H h = {.ctx = ctx, .fd = p[0], .remove_self = true};
         ql_context_set_fd_handler(ctx, p[0], h_read, NULL, NULL, &h);
         close(p[1]);
@@ -309,13 +317,12 @@ static void test_fd_closed_fd_gives_ebadf_not_busy_loop(void)
 {
     FOR_EACH_MONITOR(ctx) {
         int p[2];
-        QL_CHECK_EQ(pipe2(p, O_NONBLOCK), 0);
+        QL_CHECK_EQ(open_pipe(p), 0);
         H h = {.ctx = ctx, .fd = p[0]};
         ql_context_set_fd_handler(ctx, p[0], h_read, NULL, NULL, &h);
         QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
         int bad = p[0];
-        close(p[0]);
-        close(p[1]);
+        close_pair(p);
         /* nothing else to wait for: must report, not sleep forever */
         QL_CHECK_EQ(ql_context_poll(ctx, true), -EBADF);
         QL_CHECK_EQ(ql_context_bad_fd(ctx), bad);
@@ -330,19 +337,35 @@ static void test_fd_set_handler_on_closed_fd_fails(void)
 {
     FOR_EACH_MONITOR(ctx) {
         int p[2];
-        QL_CHECK_EQ(pipe2(p, O_NONBLOCK), 0);
-        close(p[0]);
-        close(p[1]);
+        QL_CHECK_EQ(open_pipe(p), 0);
+        close_pair(p);
         H h = {.ctx = ctx, .fd = p[0]};
-        if (strcmp(ql_context_fdmon_name(ctx), "epoll") == 0) {
-            QL_CHECK_EQ(ql_context_set_fd_handler(ctx, p[0], h_read, NULL, NULL, &h), -EBADF);
-        } else {
-            /* poll(2) learns it at the next poll */
-            QL_CHECK_EQ(ql_context_set_fd_handler(ctx, p[0], h_read, NULL, NULL, &h), 0);
-            QL_CHECK_EQ(ql_context_poll(ctx, false), -EBADF);
-        }
+        /* refused at once with either monitor */
+        QL_CHECK_EQ(ql_context_set_fd_handler(ctx, p[0], h_read, NULL, NULL, &h), -EBADF);
+        QL_CHECK_EQ(ql_context_set_fd_handler(ctx, p[0], NULL, NULL, flush_never, &h), -EBADF);
+        QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
         QL_CHECK_EQ(ctx->nhandlers, 0);
         QL_CHECK_EQ(ql_context_set_fd_handler(ctx, -1, h_read, NULL, NULL, &h), -EBADF);
+    }
+}
+
+/* An fd number far above anything open (not open) is refused before the
+ * fd-indexed table grows for it: no allocation of gigabytes, no handler. */
+static void test_fd_huge_unopened_fd_refused_without_growing_table(void)
+{
+    static const int huge[] = {1000000, (1 << 30) - 1, 0x7fffffff};
+    FOR_EACH_MONITOR(ctx) {
+        H h = {.ctx = ctx};
+        int size = ctx->fd_table_size;
+        for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
+            QL_CHECK_EQ(ql_context_set_fd_handler(ctx, huge[i], h_read, NULL, NULL, &h), -EBADF);
+            QL_CHECK_EQ(ql_context_set_fd_handler(ctx, huge[i], NULL, h_write, NULL, &h), -EBADF);
+            QL_CHECK_EQ(ql_context_set_fd_handler(ctx, huge[i], NULL, NULL, NULL, NULL), 0);
+            QL_CHECK_EQ(ctx->fd_table_size, size);
+        }
+        QL_CHECK_EQ(ctx->nhandlers, 0);
+        QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
+        QL_CHECK_EQ(h.reads + h.writes, 0);
     }
 }
 
@@ -399,10 +422,8 @@ static void test_fd_stop_dispatch_keeps_other_fds_ready(void)
         QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
         ql_context_set_fd_handler(ctx, p[0], NULL, NULL, NULL, NULL);
         ql_context_set_fd_handler(ctx, q[0], NULL, NULL, NULL, NULL);
-        close(p[0]);
-        close(p[1]);
-        close(q[0]);
-        close(q[1]);
+        close_pair(p);
+        close_pair(q);
     }
 }
 
@@ -454,16 +475,14 @@ static void test_fd_flush_polls_until_no_request_in_flight(void)
 {
     FOR_EACH_MONITOR(ctx) {
         int p[2];
-        QL_CHECK_EQ(pipe2(p, O_NONBLOCK), 0);
+        QL_CHECK_EQ(open_pipe(p), 0);
         Flush f = {.in_flight = 5, .ctx = ctx};
         QL_CHECK_EQ(ql_context_set_fd_handler(ctx, p[0], NULL, NULL, flush_cb, &f), 0);
         ql_bh_schedule_oneshot(ctx, complete_one, &f, "complete");
         QL_CHECK_EQ(ql_context_flush(ctx), 0);
         QL_CHECK_EQ(f.in_flight, 0);
         QL_CHECK_EQ(ql_context_flush(ctx), 0); /* idle: returns at once */
-        ql_context_set_fd_handler(ctx, p[0], NULL, NULL, NULL, NULL);
-        close(p[0]);
-        close(p[1]);
+        unwatch_and_close(ctx, p, 0);
     }
 }
 
@@ -471,7 +490,7 @@ static void test_fd_pending_reports_ready_work(void)
 {
     FOR_EACH_MONITOR(ctx) {
         int p[2];
-        QL_CHECK_EQ(pipe2(p, O_NONBLOCK), 0);
+        QL_CHECK_EQ(open_pipe(p), 0);
         H h = {.ctx = ctx, .fd = p[0], .drain = true};
         ql_context_set_fd_handler(ctx, p[0], h_read, NULL, NULL, &h);
         QL_CHECK(!ql_context_pending(ctx));
@@ -492,13 +511,12 @@ static void test_fd_pending_reports_ready_work(void)
         ql_virtual_clock_advance(ctx, 10);
         QL_CHECK(ql_context_pending(ctx));
         ql_timer_free(t);
-        ql_context_set_fd_handler(ctx, p[0], NULL, NULL, NULL, NULL);
-        close(p[0]);
-        close(p[1]);
+        unwatch_and_close(ctx, p, 0);
     }
 }
 
 QLTEST_MAIN(QLT(test_fd_monitor_chosen_by_environment),
+            QLT(test_fd_huge_unopened_fd_refused_without_growing_table),
             QLT(test_fd_read_handler_is_level_triggered),
             QLT(test_fd_write_handler_runs_while_writable),
             QLT(test_fd_read_runs_before_write),

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -129,6 +130,61 @@ static void test_main_loop_polling_cb_runs_each_iteration_and_can_force_nonblock
     ql_main_loop_cleanup();
 }
 
+static int ml_log[8], ml_nlog;
+static void log_bh(void *opaque)
+{
+    ml_log[ml_nlog++] = (int)(intptr_t)opaque;
+}
+
+static void stop_io_bh(void *opaque)
+{
+    log_bh(opaque);
+    ql_context_stop_dispatch(ql_get_iohandler_context());
+}
+
+static bool stop_both_polling_cb(void *opaque)
+{
+    (void)opaque;
+    ql_context_stop_dispatch(ql_get_aio_context());
+    ql_context_stop_dispatch(ql_get_iohandler_context());
+    return false;
+}
+
+/* A main-context callback that stops the iohandler context's dispatch
+ * makes that iteration skip it; the iohandler work runs in the next one. */
+static void test_main_loop_stop_dispatch_skips_the_iohandler_dispatch_of_that_iteration(void)
+{
+    QL_CHECK_EQ(ql_main_loop_init(), 0);
+    ml_nlog = 0;
+    ql_bh_schedule_oneshot(ql_get_aio_context(), stop_io_bh, (void *)(intptr_t)1, "t");
+    ql_bh_schedule_oneshot(ql_get_iohandler_context(), log_bh, (void *)(intptr_t)2, "t");
+    QL_CHECK_EQ(ql_main_loop_wait(true), 1);
+    QL_CHECK_EQ(ml_nlog, 1);
+    QL_CHECK_EQ(ml_log[0], 1);
+    QL_CHECK_EQ(ql_main_loop_wait(true), 1);
+    QL_CHECK_EQ(ml_nlog, 2);
+    QL_CHECK_EQ(ml_log[1], 2);
+    QL_CHECK_EQ(ql_main_loop_wait(true), 0);
+    ql_main_loop_cleanup();
+}
+
+/* A polling callback that stops both dispatches: nothing runs and the
+ * iteration does not wait (a blocking wait would hang here). */
+static void test_main_loop_polling_cb_stopping_dispatch_skips_it_without_waiting(void)
+{
+    QL_CHECK_EQ(ql_main_loop_init(), 0);
+    ml_nlog = 0;
+    ql_bh_schedule_oneshot(ql_get_iohandler_context(), log_bh, (void *)(intptr_t)3, "t");
+    QL_CHECK_EQ(ql_add_polling_cb(stop_both_polling_cb, NULL), 0);
+    QL_CHECK_EQ(ql_main_loop_wait(false), 0);
+    QL_CHECK_EQ(ql_main_loop_wait(false), 0);
+    QL_CHECK_EQ(ml_nlog, 0);
+    QL_CHECK_EQ(ql_del_polling_cb(stop_both_polling_cb, NULL), 0);
+    QL_CHECK_EQ(ql_main_loop_wait(true), 1);
+    QL_CHECK_EQ(ml_nlog, 1);
+    ql_main_loop_cleanup();
+}
+
 typedef struct Child {
     int pid;
     int status;
@@ -152,6 +208,41 @@ static int spawn(int code, int delay_ms)
         _exit(code);
     }
     return pid;
+}
+
+static int stopping_reports;
+static void stopping_child_cb(int pid, int status, void *opaque)
+{
+    child_cb(pid, status, opaque);
+    stopping_reports++;
+    ql_context_stop_dispatch(ql_get_aio_context());
+}
+
+/* A child watch callback that stops the dispatch leaves the other reaped
+ * children to the next iterations, one each, none lost. */
+static void test_main_loop_child_watch_stop_dispatch_reports_rest_later(void)
+{
+    QL_CHECK_EQ(ql_main_loop_init(), 0);
+    Child kids[3] = {{0}};
+    stopping_reports = 0;
+    for (int i = 0; i < 3; i++) {
+        kids[i].pid = spawn(3 + i, 0);
+        siginfo_t si;
+        QL_CHECK_EQ(waitid(P_PID, kids[i].pid, &si, WEXITED | WNOWAIT), 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        QL_CHECK_EQ(ql_add_child_watch(kids[i].pid, stopping_child_cb, &kids[i]), 0);
+    }
+    for (int n = 1; n <= 3; n++) {
+        QL_CHECK_EQ(ql_main_loop_wait(false), 1);
+        QL_CHECK_EQ(stopping_reports, n);
+    }
+    for (int i = 0; i < 3; i++) {
+        QL_CHECK_EQ(kids[i].reported, 1);
+        QL_CHECK_EQ(WEXITSTATUS(kids[i].status), 3 + i);
+    }
+    QL_CHECK_EQ(ql_main_loop_wait(true), 0);
+    ql_main_loop_cleanup();
 }
 
 static void test_main_loop_child_watch_reports_real_children(void)
@@ -285,7 +376,10 @@ QLTEST_MAIN(QLT(test_main_loop_init_creates_main_and_iohandler_contexts),
             QLT(test_main_loop_iohandlers_run_only_from_main_loop),
             QLT(test_main_loop_runs_main_context_bhs_and_timers),
             QLT(test_main_loop_polling_cb_runs_each_iteration_and_can_force_nonblocking),
+            QLT(test_main_loop_stop_dispatch_skips_the_iohandler_dispatch_of_that_iteration),
+            QLT(test_main_loop_polling_cb_stopping_dispatch_skips_it_without_waiting),
             QLT(test_main_loop_child_watch_reports_real_children),
+            QLT(test_main_loop_child_watch_stop_dispatch_reports_rest_later),
             QLT(test_main_loop_thread_takes_iothread_lock_while_loop_blocked),
             QLT(test_main_loop_iothread_lock_held_while_dispatching),
             QLT(test_main_loop_iothread_lock_misuse_is_reported))

@@ -178,6 +178,20 @@ static int count_tasks(void)
     return n;
 }
 
+/* Wait until the process has n threads.  pthread_join() returns once the
+ * kernel has cleared the thread's tid, which comes before the task is
+ * released: its /proc/self/task entry can outlive the join for a moment. */
+static int tasks_settle(int n)
+{
+    for (int i = 0; i < 60000; i++) {
+        if (count_tasks() == n) {
+            return 1;
+        }
+        nap_ms(1);
+    }
+    return 0;
+}
+
 /* Blocking hooks that count calls (shutdown must bracket its waits). */
 static int hook_begins, hook_ends;
 static void *count_begin(void)
@@ -224,22 +238,37 @@ static void test_thread_pool_completion_runs_in_home_thread(void)
     ql_context_free(ctx);
 }
 
+/* Four gated jobs on up to four workers, all running when this returns
+ * (1; 0 if they did not start).  extra, if given, is the completion extra
+ * of the first three. */
+static int submit_gated_batch(QLContext *ctx, QLThreadPool *pool, Job jobs[4], int *log,
+                              int *nlog, void (*extra)(Job *))
+{
+    if (ql_thread_pool_set_sizes(pool, 0, 4) != 0) {
+        return 0;
+    }
+    for (int i = 0; i < 4; i++) {
+        jobs[i].id = i;
+        jobs[i].gated = 1;
+        jobs[i].log = log;
+        jobs[i].nlog = nlog;
+        jobs[i].ctx = ctx;
+        jobs[i].extra = i < 3 ? extra : NULL;
+        if (!ql_thread_pool_submit(pool, work, &jobs[i], done_cb, &jobs[i])) {
+            return 0;
+        }
+    }
+    return wait_entered(4);
+}
+
 static void test_thread_pool_batch_completes_in_submission_order(void)
 {
     gate_reset();
     QLContext *ctx = ql_context_new();
     QLThreadPool *pool = ql_context_thread_pool(ctx);
-    QL_CHECK_EQ(ql_thread_pool_set_sizes(pool, 0, 4), 0);
     int log[4], nlog = 0;
     Job jobs[4] = {{0}};
-    for (int i = 0; i < 4; i++) {
-        jobs[i].id = i;
-        jobs[i].gated = 1;
-        jobs[i].log = log;
-        jobs[i].nlog = &nlog;
-        QL_CHECK(ql_thread_pool_submit(pool, work, &jobs[i], done_cb, &jobs[i]));
-    }
-    QL_CHECK(wait_entered(4));
+    QL_CHECK(submit_gated_batch(ctx, pool, jobs, log, &nlog, NULL));
     /* finish them newest first, one at a time */
     for (int i = 3; i >= 0; i--) {
         job_release(&jobs[i]);
@@ -247,6 +276,37 @@ static void test_thread_pool_batch_completes_in_submission_order(void)
     }
     QL_CHECK_EQ(nlog, 0); /* nothing is delivered outside a poll */
     QL_CHECK_EQ(ql_context_poll(ctx, false), 1);
+    QL_CHECK_EQ(nlog, 4);
+    for (int i = 0; i < 4; i++) {
+        QL_CHECK_EQ(log[i], i);
+    }
+    QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
+    ql_context_free(ctx);
+}
+
+static void stop_dispatch_extra(Job *j)
+{
+    ql_context_stop_dispatch(j->ctx);
+}
+
+/* A completion callback that stops the dispatch (as the Python glue does
+ * when a callback raised) ends the batch there: the rest of the batch is
+ * delivered by the next polls, in order, one poll per stopping callback. */
+static void test_thread_pool_stop_dispatch_leaves_rest_of_batch_to_next_poll(void)
+{
+    gate_reset();
+    QLContext *ctx = ql_context_new();
+    QLThreadPool *pool = ql_context_thread_pool(ctx);
+    int log[4], nlog = 0;
+    Job jobs[4] = {{0}};
+    QL_CHECK(submit_gated_batch(ctx, pool, jobs, log, &nlog, stop_dispatch_extra));
+    gate_set_open();
+    QL_CHECK(wait_idle(pool, 4));
+    for (int i = 0; i < 3; i++) {
+        QL_CHECK_EQ(ql_context_poll(ctx, false), 1);
+        QL_CHECK_EQ(nlog, i + 1);
+    }
+    QL_CHECK_EQ(ql_context_poll(ctx, false), 1); /* the last one does not stop */
     QL_CHECK_EQ(nlog, 4);
     for (int i = 0; i < 4; i++) {
         QL_CHECK_EQ(log[i], i);
@@ -423,7 +483,7 @@ static void test_thread_pool_free_waits_running_cancels_queued_joins_workers(voi
         QL_CHECK_EQ(jobs[i].got, -ECANCELED);
         QL_CHECK_EQ(jobs[i].ran, 0);
     }
-    QL_CHECK_EQ(count_tasks(), tasks_before); /* every worker joined */
+    QL_CHECK(tasks_settle(tasks_before)); /* every worker joined */
     QL_CHECK_EQ(ql_context_poll(ctx, false), 0);
     ql_context_free(ctx);
 }
@@ -467,7 +527,7 @@ static void test_thread_pool_context_free_shuts_down_its_pools(void)
     QL_CHECK(!ql_thread_pool_submit(own, work, &b, done_cb, &b));
     QL_CHECK_EQ(errno, ESHUTDOWN);
     ql_thread_pool_free(own);
-    QL_CHECK_EQ(count_tasks(), tasks_before);
+    QL_CHECK(tasks_settle(tasks_before));
 }
 
 static void test_thread_pool_default_pool_is_one_per_context(void)
@@ -663,6 +723,7 @@ static void test_thread_pool_works_in_a_forked_child(void)
 
 QLTEST_MAIN(QLT(test_thread_pool_completion_runs_in_home_thread),
             QLT(test_thread_pool_batch_completes_in_submission_order),
+            QLT(test_thread_pool_stop_dispatch_leaves_rest_of_batch_to_next_poll),
             QLT(test_thread_pool_cancel_queued_request_gets_ecanceled),
             QLT(test_thread_pool_cancel_running_request_reports_real_result),
             QLT(test_thread_pool_cancel_done_request_is_noop),

@@ -219,8 +219,9 @@ void ql_timer_deinit(QLTimer *t);
  * io_read == io_write == io_flush == NULL removes.  Safe from inside a
  * dispatch (a handler removed before it was reached does not run).  Works with
  * any pollable fd; regular files are always ready.  Returns 0 or a negative
- * errno (-EBADF for a closed fd with epoll; the poll monitor reports it from
- * the next ql_context_poll()).  Home thread. */
+ * errno: -EBADF for an fd that is not open when it is first registered
+ * (nothing is allocated for it; an fd closed later is reported by the next
+ * ql_context_poll()).  Home thread. */
 int ql_context_set_fd_handler(QLContext *ctx, int fd, QLIOHandler *io_read,
                               QLIOHandler *io_write, QLFlushFunc *io_flush, void *opaque);
 

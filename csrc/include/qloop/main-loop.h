@@ -49,7 +49,12 @@ QLContext *ql_get_iohandler_context(void);
 
 /* One main-loop iteration: polling callbacks, then wait (unless
  * nonblocking or a polling callback returned true) until either context
- * has work, then dispatch both.  Returns 1 if a callback ran, 0 if not, or
+ * has work, then dispatch both.  The iteration counts as one dispatch: a
+ * callback that calls ql_context_stop_dispatch() on either context (a
+ * polling callback or one of the main context's, e.g. the iohandler
+ * context's) makes the iteration skip that context's dispatch if it has not
+ * started yet (and not wait); its work stays ready for the next iteration.
+ * Returns 1 if a callback ran, 0 if not, or
  * a negative errno (-EINVAL before init; -EBADF as ql_context_poll()).
  * The main loop's thread. */
 int ql_main_loop_wait(bool nonblocking);

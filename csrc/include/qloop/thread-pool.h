@@ -18,6 +18,9 @@
  * chooses FIFO on purpose, so that work submitted together completes in the
  * order it was asked for whenever it finished together.  Completions of
  * requests that finish at different times are delivered in finishing order.
+ * A completion callback that calls ql_context_stop_dispatch() on the pool's
+ * context ends the batch there: the rest is delivered, in the same order,
+ * by the next poll.
  *
  * fork(): the child keeps the pools but none of their workers; its own
  * submits start new ones.  Requests the parent's workers were running never
