@@ -35,6 +35,9 @@ static void restart(QLChannel *ch, QLCoroutine **slot, QLContext **slot_ctx)
         ch->freed = &freed;
         ql_co_wake(co);
         if (freed) {
+            if (outer) {
+                *outer = true; /* for the restart this one runs inside */
+            }
             return; /* the coroutine freed the channel */
         }
         ch->freed = outer;
