@@ -7,15 +7,14 @@ Extra ``handoff_ratio``: the fraction of acquisitions made by a different
 coroutine than the previous one (1.0 = FIFO hand-off, ~0 = barging).
 
 qloop: qloop.CoMutex lock()/unlock(); yield = reschedule the running
-coroutine in its context (ctx.co_schedule(coroutine_self()), or a oneshot
-BH calling co_wake where co_schedule refuses the running coroutine; the
-record's ``yield_via`` says which) and coroutine_yield(); W qloop.Coroutine woken (co_wake) by a main coroutine
+coroutine in its context (ctx.co_schedule(self), written inline as a user
+would) and coroutine_yield(); W qloop.Coroutine woken (co_wake) by a main coroutine
 that ctx.run() runs and that joins them.  asyncio/uvloop: asyncio.Lock, await asyncio.sleep(0).  gevent:
 gevent.lock.Semaphore(1); gevent_rlock: gevent.lock.RLock; gevent.sleep(0).
 """
 import sys
 
-from ._common import cli, new_aio_loop, now, qloop_api, qloop_rescheduler, qloop_run, settle
+from ._common import cli, new_aio_loop, now, qloop_api, qloop_run, settle
 
 NAME = "lock"
 VARIANTS = ()
@@ -47,24 +46,27 @@ class _Tally:
 
 
 def run_qloop(n, variant, opts):
-    AioContext, Coroutine, CoMutex, co_wake = qloop_api(
-        "AioContext", "Coroutine", "CoMutex", "co_wake")
+    AioContext, Coroutine, CoMutex, co_wake, coroutine_self, coroutine_yield = qloop_api(
+        "AioContext", "Coroutine", "CoMutex", "co_wake", "coroutine_self", "coroutine_yield")
     qloop_api("Coroutine.join")
     w = opts.get("workers", 100)
     tally = _Tally(w, n)
     ctx = AioContext()
-    again, how = qloop_rescheduler(ctx)
+    qloop_api("AioContext.co_schedule")
+    co_schedule = ctx.co_schedule
 
     def worker(lock, me):
         t = tally
         acquire, release = lock.lock, lock.unlock
+        co = coroutine_self()
         for _ in range(n):
             acquire()
             if me != t.last:
                 t.handoffs += 1
                 t.last = me
             v = t.counter
-            again()
+            co_schedule(co)     # yield once to the scheduler: back in the
+            coroutine_yield()   # next poll (asyncio.sleep(0))
             t.counter = v + 1
             release()
 
@@ -81,7 +83,7 @@ def run_qloop(n, variant, opts):
     qloop_run(ctx, main)
     t1 = now()
     ctx.close()
-    return dict(tally.result(t1 - t0), yield_via=how())
+    return dict(tally.result(t1 - t0), yield_via="co_schedule")
 
 
 def run_aio(impl):
