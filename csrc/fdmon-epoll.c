@@ -3,8 +3,10 @@
  *
  * Level-triggered registrations, node pointer in epoll_event.data.  Waits
  * keep ns precision with epoll_pwait2 (falls back to epoll_wait with the
- * timeout rounded UP to whole ms where the kernel lacks it).  The epoll fd
- * is also the context's embedding fd: the notifier is one of its members.
+ * timeout rounded UP to whole ms where the kernel lacks it).  The context's
+ * embedding fd (ql_context_fd) is a second epoll fd, made on first request,
+ * whose only member is the first: readable when the set has events, and the
+ * same file for as long as the context lives (see the rebuild below).
  *
  * Fds epoll refuses (EPERM: regular files, /dev/null) are "always ready":
  * every wait reports them with the events asked for and does not sleep.
@@ -24,8 +26,8 @@
  * forked child) the registration outlives the close, EPOLL_CTL_DEL cannot
  * reach it any more, and its level-triggered events would wake every wait
  * for nothing.  The set is rebuilt then (a new epoll fd with the current
- * registrations, dup3()ed over the old number so that the embedding fd stays
- * the same).
+ * registrations, swapped into the embedding fd's set, so that an outer loop
+ * watching that fd - by number or by file - keeps its registration).
  */
 #include "context-int.h"
 
@@ -42,6 +44,7 @@
 
 typedef struct EpollState {
     int epfd;
+    int outer;                 /* embedding fd: -1 until ql_context_fd() asks */
     bool no_pwait2;            /* epoll_pwait2 returned ENOSYS */
     QLFdHandler **always;      /* always-ready nodes */
     int nalways, calways;
@@ -76,6 +79,7 @@ static int epoll_init(QLContext *ctx)
     if (!st) {
         return -ENOMEM;
     }
+    st->outer = -1;
     st->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (st->epfd < 0) {
         int err = errno;
@@ -93,6 +97,9 @@ static void epoll_cleanup(QLContext *ctx)
         return;
     }
     close(st->epfd);
+    if (st->outer >= 0) {
+        close(st->outer);
+    }
     free(st->always);
     free(st->sweep_pfd);
     free(st->sweep_node);
@@ -186,9 +193,17 @@ static int epoll_rebuild(QLContext *ctx, EpollState *st)
             (void)epoll_ctl(nfd, EPOLL_CTL_ADD, node->fd, &ev);
         }
     }
-    int r = dup3(nfd, st->epfd, O_CLOEXEC) < 0 ? -errno : 0;
-    close(nfd);
-    return r;
+    if (st->outer >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN};
+        if (epoll_ctl(st->outer, EPOLL_CTL_ADD, nfd, &ev) < 0) {
+            int err = errno;
+            close(nfd);
+            return -err;
+        }
+    }
+    close(st->epfd); /* also leaves the embedding set */
+    st->epfd = nfd;
+    return 0;
 }
 
 /* Report registered fds that are closed.  Returns the count stored. */
@@ -304,7 +319,20 @@ static bool epoll_need_wait(QLContext *ctx)
 static int epoll_embed_fd(QLContext *ctx)
 {
     EpollState *st = ctx->fdmon_state;
-    return st->epfd;
+    if (st->outer < 0) {
+        int fd = epoll_create1(EPOLL_CLOEXEC);
+        if (fd < 0) {
+            return -errno;
+        }
+        struct epoll_event ev = {.events = EPOLLIN};
+        if (epoll_ctl(fd, EPOLL_CTL_ADD, st->epfd, &ev) < 0) {
+            int err = errno;
+            close(fd);
+            return -err;
+        }
+        st->outer = fd;
+    }
+    return st->outer;
 }
 
 const QLFdMonOps ql__fdmon_epoll_ops = {

@@ -9,9 +9,16 @@ import pytest
 
 
 def _epoll_members(ctx):
-    try:
-        with open("/proc/self/fdinfo/%d" % ctx.fileno()) as f:
+    """fds registered in the context's epoll set, from /proc/self/fdinfo: the
+    embedding fd is an epoll set whose member is the context's own set."""
+    def members(fd):
+        with open("/proc/self/fdinfo/%d" % fd) as f:
             return {int(line.split()[1]) for line in f if line.startswith("tfd:")}
+    try:
+        outer = members(ctx.fileno())
+        if ctx.fdmon == "epoll" and len(outer) == 1:
+            return members(outer.pop())
+        return outer
     except OSError:
         return None
 
@@ -91,5 +98,39 @@ def test_new_file_on_a_closed_registered_number_gets_only_its_own_events(ctx):
             os.close(r2)
             os.close(w2)
     finally:
+        os.close(keep)
+        os.close(w)
+
+
+def test_outer_loop_watching_the_embedding_fd_still_wakes_after_a_rebuild(ctx):
+    """An outer loop that watches ctx.fileno() with its own epoll (asyncio's
+    selector does) holds a registration of that file: rebuilding the set
+    after a stale registration must keep the file the outer loop watches."""
+    import select
+
+    outer = select.epoll()
+    outer.register(ctx.fileno(), select.EPOLLIN)
+    r, w = os.pipe()
+    keep = os.dup(r)
+    try:
+        ctx.set_fd_handler(r, read=lambda: None)
+        os.close(r)
+        try:
+            ctx.set_fd_handler(r, None)  # the epoll monitor rebuilds its set
+        except OSError:
+            pass
+        while ctx.poll(blocking=False):
+            pass
+        # the embedding protocol: prepare, wait on the fd, check, dispatch
+        assert ctx.prepare() != 0  # nothing pending
+        assert outer.poll(0) == []  # so not readable
+        ran = []
+        ctx.schedule_oneshot(lambda: ran.append(1))
+        assert [fd for fd, _ in outer.poll(5)] == [ctx.fileno()]
+        assert ctx.check()
+        ctx.dispatch()
+        assert ran == [1]
+    finally:
+        outer.close()
         os.close(keep)
         os.close(w)

@@ -482,7 +482,11 @@ static PyObject *context_fileno(ContextObject *self, PyObject *unused)
     if (qlpy_context_check_open(self) < 0) {
         return NULL;
     }
-    return PyLong_FromLong(ql_context_fd(self->ctx));
+    int fd = ql_context_fd(self->ctx);
+    if (fd < 0) {
+        return qlpy_raise_errno(fd);
+    }
+    return PyLong_FromLong(fd);
 }
 
 static PyObject *context_now(ContextObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -828,8 +832,9 @@ static PyObject *context_repr(ContextObject *self)
     if (!self->ctx) {
         return PyUnicode_FromFormat("<AioContext %s closed>", self->kind);
     }
-    return PyUnicode_FromFormat("<AioContext %s %s fd=%d>", self->kind,
-                                ql_context_fdmon_name(self->ctx), ql_context_fd(self->ctx));
+    /* no fd: asking for the embedding fd would create it */
+    return PyUnicode_FromFormat("<AioContext %s %s>", self->kind,
+                                ql_context_fdmon_name(self->ctx));
 }
 
 extern PyObject *qlpy_context_bh(ContextObject *self, PyObject *const *args, Py_ssize_t nargs);

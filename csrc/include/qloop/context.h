@@ -102,10 +102,11 @@ const char *ql_context_fdmon_name(QLContext *ctx);
 /* ---- embedding (GSource style: prepare / poll fd / check / dispatch) ---- */
 
 /* One fd that becomes readable whenever the context has work or needs to be
- * polled again.  Stable for the context's life.  With epoll it is the epoll
- * fd (the notifier is a member); with the poll monitor an epoll set
- * mirroring the registrations is created by the first call (-ENOSYS where
- * there is no epoll).  Regular files cannot be watched that way: while one
+ * polled again.  The same file for the context's life.  Created by the
+ * first call: with epoll an epoll set whose one member is the context's own
+ * set; with the poll monitor an epoll set mirroring the registrations
+ * (-ENOSYS where there is no epoll).  A negative errno if it cannot be made
+ * (e.g. -EMFILE).  Regular files cannot be watched that way: while one
  * is registered ql_context_prepare() returns 0. */
 int ql_context_fd(QLContext *ctx);
 /* Timeout in ns until the context needs dispatching: 0 (ready now), -1 (no
