@@ -5,7 +5,10 @@ existing tests) to the unit tests a QEMU user would expect to pass.
 """
 import os
 import select
+import socket
 import sys
+
+import pytest
 
 import qloop
 
@@ -224,3 +227,64 @@ def test_two_command_channels_joined_by_a_fifo(ctx, tmp_path):
     assert b"".join(got) == data
     reader.close()
     assert reader.returncode == 0
+
+
+def test_two_command_channels_joined_by_a_fifo_blocking(tmp_path):
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    reader = qloop.QIOChannelCommand(["cat", fifo], mode="r")
+    writer = qloop.QIOChannelCommand(["sh", "-c", 'exec cat > "$1"', "sh", fifo], mode="w")
+    data = b"through the fifo\n" * 100  # fits the pipe buffers: no deadlock
+    writer.write_all(data)
+    writer.close()
+    assert writer.returncode == 0
+    assert reader.read_all(len(data)) == data
+    assert reader.read(1) == b""
+    reader.close()
+    assert reader.returncode == 0
+
+
+@pytest.mark.parametrize("family", ["ipv6", "unix"])
+def test_listen_and_connect_async_then_transfer(family, tmp_path):
+    if family == "ipv6":
+        if not socket.has_ipv6:
+            pytest.skip("no IPv6")
+        addr = ("::1", 0)
+    else:
+        addr = str(tmp_path / "sock")
+    ctx = qloop.AioContext()
+    srv = qloop.QIOChannelSocket()
+    done = []
+    srv.listen_async(addr, lambda task: done.append(("listen", task.error)), context=ctx)
+    while not done:
+        ctx.poll(True)
+    if family == "ipv6" and isinstance(done[0][1], OSError):
+        pytest.skip(f"::1 not usable here: {done[0][1]}")
+    assert done == [("listen", None)]
+    cli = qloop.QIOChannelSocket()
+    cli.connect_async(srv.local_address if family == "ipv6" else addr,
+                      lambda task: done.append(("connect", task.error)), context=ctx)
+    while len(done) < 2:
+        ctx.poll(True)
+    assert done[1] == ("connect", None)
+    acc = srv.accept()
+    # both directions, non-blocking, driven by watches in the context
+    for c in (cli, acc):
+        c.set_blocking(False)
+    got = []
+
+    def readable(ch, cond):
+        chunk = ch.read(100)
+        if chunk:
+            got.append(chunk)
+        return chunk is None or len(b"".join(got)) < 10
+
+    acc.add_watch(qloop.IO_IN, readable, ctx)
+    cli.add_watch(qloop.IO_OUT, lambda ch, cond: ch.write(b"async ping") is None, ctx)
+    while b"".join(got) != b"async ping":
+        ctx.poll(True)
+    for c in (srv, cli, acc):
+        c.close()
+    if family == "unix":
+        assert not os.path.exists(addr)
+    ctx.close()
