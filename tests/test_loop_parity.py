@@ -288,3 +288,19 @@ def test_listen_and_connect_async_then_transfer(family, tmp_path):
     if family == "unix":
         assert not os.path.exists(addr)
     ctx.close()
+
+
+def test_file_written_by_one_channel_is_read_back_by_another(tmp_path):
+    path = str(tmp_path / "f")
+    data = b"written by one channel\n" * 1000
+    w = qloop.QIOChannelFile(path, "w")
+    w.write_all(data)
+    w.close()
+    r = qloop.QIOChannelFile(path, "r")
+    assert r.read_all(len(data)) == data
+    assert r.read(1) == b""
+    r.close()
+    fd = os.open(path, os.O_RDONLY)
+    f = qloop.QIOChannelFile(fd, "r")  # an fd the caller opened
+    assert f.read_all(len(data)) == data
+    f.close()
