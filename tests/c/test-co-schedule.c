@@ -288,6 +288,102 @@ static void test_comutex_hands_off_across_threads(void)
     ql_co_mutex_free(xt_mutex);
 }
 
+/* Coroutines moving from one thread's context to another's, many times:
+ * a coroutine may only be scheduled into another thread's context once it
+ * has yielded, so it asks its current context (a oneshot there, which runs
+ * after the yield) to do the scheduling.  Each hop resumes the coroutine in
+ * the target context and none is lost. */
+#define HOP_THREADS 3
+#define HOP_COS 4
+#define HOP_ROUNDS 300
+
+struct hop {
+    QLCoroutine *co;
+    QLContext *to;
+};
+
+static QLContext *hop_ctx[HOP_THREADS];
+static int hop_finished;
+static int hop_errors;
+static long hop_runs[HOP_THREADS];
+
+static void hop_schedule_bh(void *opaque)
+{
+    struct hop *h = opaque;
+
+    if (ql_co_schedule(h->to, h->co) != 0) {
+        __atomic_fetch_add(&hop_errors, 1, __ATOMIC_RELAXED);
+    }
+}
+
+static void co_hopper(void *opaque)
+{
+    int at = (int)(intptr_t)opaque;
+    struct hop h = {ql_coroutine_self(), NULL};
+
+    for (int i = 0; i < HOP_ROUNDS; i++) {
+        int to = (at + 1 + i % 2) % HOP_THREADS;
+        h.to = hop_ctx[to];
+        ql_bh_schedule_oneshot(ql_context_current(), hop_schedule_bh, &h, "hop");
+        ql_coroutine_yield();
+        if (ql_context_current() != hop_ctx[to]) {
+            __atomic_fetch_add(&hop_errors, 1, __ATOMIC_RELAXED);
+        }
+        __atomic_fetch_add(&hop_runs[to], 1, __ATOMIC_RELAXED);
+        at = to;
+    }
+    if (__atomic_add_fetch(&hop_finished, 1, __ATOMIC_ACQ_REL) ==
+        HOP_THREADS * HOP_COS) {
+        for (int t = 0; t < HOP_THREADS; t++) {
+            ql_context_notify(hop_ctx[t]);
+        }
+    }
+}
+
+static void *hop_thread(void *opaque)
+{
+    QLContext *ctx = hop_ctx[(intptr_t)opaque];
+
+    ql_context_set_current(ctx);
+    for (int i = 0; i < HOP_COS; i++) {
+        ql_coroutine_enter(ql_coroutine_create(co_hopper, opaque));
+    }
+    while (__atomic_load_n(&hop_finished, __ATOMIC_ACQUIRE) <
+           HOP_THREADS * HOP_COS) {
+        ql_context_poll(ctx, true);
+    }
+    ql_context_set_current(NULL);
+    return NULL;
+}
+
+static void test_co_schedule_moves_coroutines_between_thread_contexts(void)
+{
+    pthread_t th[HOP_THREADS];
+    long total = 0;
+
+    for (int t = 0; t < HOP_THREADS; t++) {
+        hop_ctx[t] = ql_context_new();
+        hop_runs[t] = 0;
+    }
+    hop_finished = 0;
+    hop_errors = 0;
+    for (int t = 0; t < HOP_THREADS; t++) {
+        pthread_create(&th[t], NULL, hop_thread, (void *)(intptr_t)t);
+    }
+    for (int t = 0; t < HOP_THREADS; t++) {
+        pthread_join(th[t], NULL);
+    }
+    for (int t = 0; t < HOP_THREADS; t++) {
+        total += hop_runs[t];
+        ql_context_free(hop_ctx[t]);
+    }
+    QL_CHECK_EQ(hop_errors, 0);
+    QL_CHECK_EQ(total, (long)HOP_THREADS * HOP_COS * HOP_ROUNDS);
+    for (int t = 0; t < HOP_THREADS; t++) {
+        QL_CHECK(hop_runs[t] > 0);
+    }
+}
+
 /* ---- sleep ------------------------------------------------------------ */
 
 struct sleeper {
@@ -407,6 +503,7 @@ QLTEST_MAIN(QLT(test_co_schedule_runs_in_next_poll_in_order),
             QLT(test_co_enter_from_thread_without_context_schedules),
             QLT(test_co_wake_from_other_thread_runs_in_its_context_thread),
             QLT(test_comutex_hands_off_across_threads),
+            QLT(test_co_schedule_moves_coroutines_between_thread_contexts),
             QLT(test_co_sleep_ns_returns_after_virtual_time),
             QLT(test_co_sleep_wake_early_returns_1_and_cancels_timeout),
             QLT(test_co_sleeping_coroutine_cannot_be_entered_or_scheduled),

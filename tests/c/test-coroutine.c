@@ -215,6 +215,43 @@ static void co_enter_if_inactive_self(void *opaque)
     (*n)++;
 }
 
+/* Coroutines entering coroutines 128 deep: each enter returns to the
+ * coroutine that made it, and every level ends. */
+#define NEST_MAX 128
+
+struct nest {
+    int depth;
+    int entered;
+    int returned;
+    int wrong_self;
+};
+
+static void co_nest(void *opaque)
+{
+    struct nest *n = opaque;
+
+    n->entered++;
+    if (++n->depth < NEST_MAX) {
+        QLCoroutine *me = ql_coroutine_self();
+        ql_coroutine_enter(ql_coroutine_create(co_nest, n));
+        if (ql_coroutine_self() != me) {
+            n->wrong_self++;
+        }
+    }
+    n->returned++;
+}
+
+static void test_coroutine_nested_128_deep_returns_level_by_level(void)
+{
+    struct nest n = {0, 0, 0, 0};
+
+    QL_CHECK_EQ(ql_coroutine_enter(ql_coroutine_create(co_nest, &n)), 0);
+    QL_CHECK_EQ(n.entered, NEST_MAX);
+    QL_CHECK_EQ(n.returned, NEST_MAX);
+    QL_CHECK_EQ(n.wrong_self, 0);
+    QL_CHECK(!ql_in_coroutine());
+}
+
 static void test_coroutine_enter_if_inactive(void)
 {
     int n = 0;
@@ -540,4 +577,5 @@ QLTEST_MAIN(QLT(test_coroutine_backend_is_named),
             QLT(test_coroutine_wakeups_chain_without_stack_growth),
             QLT(test_coroutine_switch_hooks_run_around_every_yield),
             QLT(test_coroutine_resumes_in_entering_thread),
+            QLT(test_coroutine_nested_128_deep_returns_level_by_level),
             QLT(test_coroutine_threads_run_their_own_coroutines))

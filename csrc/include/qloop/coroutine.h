@@ -108,6 +108,12 @@ const char *ql_coroutine_backend(void);
 /* ---- across contexts and threads (QEMU's aio_co_*) ------------------- */
 
 /* Run co in ctx's next poll.  Any thread.  -EALREADY if already scheduled.
+ * co must have yielded unless ctx is the context it is running in: a
+ * coroutine that schedules itself into another thread's context and then
+ * yields may be entered there before its yield (reported as misuse,
+ * -EBUSY, and the coroutine is not resumed).  To move the running
+ * coroutine, schedule a oneshot in its current context that calls
+ * ql_co_schedule(), then yield.
  * ctx must stay alive until the call has returned (as for ql_bh_schedule):
  * free a context only once no other thread can still wake into it. */
 int ql_co_schedule(QLContext *ctx, QLCoroutine *co);
