@@ -276,10 +276,12 @@ int ql_context_set_fd_handler(QLContext *ctx, int fd, QLIOHandler *io_read,
     }
     uint32_t events = (io_read ? POLLIN | POLLHUP | POLLERR : 0) | (io_write ? POLLOUT | POLLERR : 0);
     if (!node) {
-        /* A bad fd is refused before anything is allocated for it: the
-         * table is indexed by fd, so a huge unopened number would
-         * otherwise grow it (to gigabytes) before the monitor said EBADF. */
-        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
+        /* A bad fd is refused before the table grows for it: the table is
+         * indexed by fd, so a huge unopened number would otherwise grow it
+         * (to gigabytes) before the monitor said EBADF.  Within the table
+         * the monitor's own registration reports it, without a system call
+         * more per new handler. */
+        if (fd >= ctx->fd_table_size && fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
             return -EBADF;
         }
         int r = fd_table_reserve(ctx, fd);

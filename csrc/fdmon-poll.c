@@ -16,6 +16,7 @@
 #include "context-int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <time.h>
@@ -111,6 +112,9 @@ static int poll_update(QLContext *ctx, QLFdHandler *node, uint32_t old_events)
         }
         node->mon_index = -1;
     } else if (old_events == 0) {
+        if (fcntl(node->fd, F_GETFD) < 0 && errno == EBADF) {
+            return -EBADF; /* poll(2) would only say so at the next wait */
+        }
         if (st->n == st->cap) {
             int cap = st->cap ? st->cap * 2 : 16;
             struct pollfd *p = realloc(st->pfd, cap * sizeof *p);
