@@ -336,3 +336,31 @@ def test_run_forever_raises_callback_exception_and_keeps_the_rest(ctx):
         ctx.run_forever()
     ctx.poll(blocking=False)
     assert ran == ["later"]
+
+
+@pytest.mark.parametrize("scheduled", [False, True])
+def test_close_releases_a_bh_whose_callback_holds_its_last_reference(scheduled):
+    """The BH is kept alive only by its own callback's closure: releasing the
+    callback on close frees the BH in the middle of its release, which must
+    not touch it afterwards (a use-after-free under ASan)."""
+    import gc
+    import weakref
+
+    ctx = qloop.AioContext()
+
+    def make():
+        bh = None
+
+        def cb():
+            return bh
+
+        bh = ctx.bh(cb)
+        if scheduled:
+            bh.schedule()
+        return weakref.ref(bh)
+
+    ref = make()
+    assert ref() is not None  # alive through the cycle only
+    ctx.close()
+    gc.collect()
+    assert ref() is None

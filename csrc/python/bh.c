@@ -79,9 +79,13 @@ static void bh_release(BHObject *self)
      * it): the pending list's reference to it is the context's, and the
      * context's tp_traverse reports it from there. */
     ql_bh_delete(bh);
-    /* It can never run again: let go of what it would have called. */
-    Py_CLEAR(self->cb);
-    Py_CLEAR(self->args);
+    /* It can never run again: let go of what it would have called.  That can
+     * free self (its callback's closure may hold the last reference), so
+     * nothing touches self after the first release. */
+    PyObject *cb = self->cb, *args = self->args;
+    self->cb = self->args = NULL;
+    Py_XDECREF(cb);
+    Py_XDECREF(args);
 }
 
 static int parse_cb(PyObject *const *args, Py_ssize_t nargs, const char *fname, PyObject **cb,
@@ -268,7 +272,9 @@ void qlpy_bh_detach_all(ContextObject *ctx)
         if (!b) {
             break;
         }
+        Py_INCREF(b); /* the list's pointer is borrowed: releasing may free it */
         bh_release(b);
+        Py_DECREF(b);
     }
     /* oneshot nodes are handled in qlpy_oneshot_drop_pool */
     extern void qlpy_oneshot_drop_pool(ContextObject *ctx);
