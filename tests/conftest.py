@@ -81,6 +81,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def epoll_members(ctx):
+    """fds registered in the context's epoll set, read from the kernel's
+    /proc/self/fdinfo (None where that cannot be read).  The embedding fd
+    (ctx.fileno()) is, with the epoll monitor, an epoll set whose one member
+    is the context's own set; with the poll monitor, a set mirroring the
+    registrations."""
+    def members(fd):
+        with open("/proc/self/fdinfo/%d" % fd) as f:
+            return {int(line.split()[1]) for line in f if line.startswith("tfd:")}
+    try:
+        outer = members(ctx.fileno())
+        if ctx.fdmon == "epoll" and len(outer) == 1:
+            return members(outer.pop())
+        return outer
+    except OSError:
+        return None
+
+
 def set_when_gil_released(event):
     """Start a thread that sets ``event`` as soon as this thread blocks with
     the GIL released (inside ``close()``, say).  Returns ``go`` to call right

@@ -1,11 +1,11 @@
 """Channel waits inside coroutines: read_all/write_all/yield_ give control
 back to the loop (QEMU's qio_channel_yield) instead of blocking it."""
-import os
 import threading
 
 import pytest
 
 import qloop
+from conftest import epoll_members
 from tlsutil import contexts, make_pki
 
 
@@ -355,28 +355,6 @@ def test_coroutine_woken_by_channel_survives_losing_its_last_outside_reference(w
     assert co_ref() is None
 
 
-def _epoll_members(ctx):
-    """fds registered in the context's epoll set, from /proc/self/fdinfo: the
-    embedding fd is an epoll set whose member is the context's own set (with
-    the poll monitor: a set mirroring the registrations)."""
-    def members(fd):
-        with open("/proc/self/fdinfo/%d" % fd) as f:
-            return {int(line.split()[1]) for line in f if line.startswith("tfd:")}
-    outer = members(ctx.fileno())
-    if ctx.fdmon == "epoll" and len(outer) == 1:
-        return members(outer.pop())
-    return outer
-
-
-def _uses_epoll(ctx):
-    try:
-        with open("/proc/self/fdinfo/%d" % ctx.fileno()) as f:
-            return "tfd:" in f.read() or os.readlink("/proc/self/fd/%d" % ctx.fileno()) \
-                == "anon_inode:[eventpoll]"
-    except OSError:
-        return False
-
-
 def test_read_loop_keeps_its_fd_registered_between_waits():
     """A coroutine woken by its fd that waits again before returning (every
     read loop) finds its handler still installed: no fd registration per
@@ -384,8 +362,8 @@ def test_read_loop_keeps_its_fd_registered_between_waits():
     unread data does not keep the loop busy.  Checked in the kernel's own
     view of the epoll set."""
     with qloop.AioContext() as ctx:
-        if not _uses_epoll(ctx):
-            pytest.skip("the epoll fd monitor is not in use")
+        if epoll_members(ctx) is None:
+            pytest.skip("the kernel's view of the epoll set cannot be read")
         a, b = qloop.QIOChannelSocket.pair()
         b.set_blocking(False)
         fd = b.fileno()
@@ -394,7 +372,7 @@ def test_read_loop_keeps_its_fd_registered_between_waits():
         def reader():
             for _ in range(3):
                 b.yield_(qloop.IO_IN)
-                seen.append(fd in _epoll_members(ctx))  # still registered
+                seen.append(fd in epoll_members(ctx))  # still registered
                 b.read(1)
             # returns with data still unread: nobody waits any more
 
@@ -402,14 +380,14 @@ def test_read_loop_keeps_its_fd_registered_between_waits():
         ctx.schedule_oneshot(co.enter)
         for _ in range(3):
             ctx.poll(blocking=False)
-        assert fd in _epoll_members(ctx)
+        assert fd in epoll_members(ctx)
         a.write_all(b"xxxx")
         for _ in range(10):
             if co.done:
                 break
             ctx.poll(blocking=True)
         assert co.done and seen == [True, True, True]
-        assert fd not in _epoll_members(ctx)
+        assert fd not in epoll_members(ctx)
         assert ctx.poll(blocking=False) is False  # no handler left to run
         a.close()
         b.close()
@@ -451,8 +429,9 @@ def test_coroutine_may_close_or_drop_the_channel_whose_handler_woke_it(how):
             ctx.poll(blocking=True)
         co.result()
         assert got[0] == b"hi"
-        if _uses_epoll(ctx):
-            assert got[1] not in _epoll_members(ctx)
+        members = epoll_members(ctx)
+        if members is not None:
+            assert got[1] not in members
         assert ctx.poll(blocking=False) is False
         a.close()
         box.clear()

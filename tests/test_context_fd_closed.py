@@ -7,20 +7,7 @@ import os
 
 import pytest
 
-
-def _epoll_members(ctx):
-    """fds registered in the context's epoll set, from /proc/self/fdinfo: the
-    embedding fd is an epoll set whose member is the context's own set."""
-    def members(fd):
-        with open("/proc/self/fdinfo/%d" % fd) as f:
-            return {int(line.split()[1]) for line in f if line.startswith("tfd:")}
-    try:
-        outer = members(ctx.fileno())
-        if ctx.fdmon == "epoll" and len(outer) == 1:
-            return members(outer.pop())
-        return outer
-    except OSError:
-        return None
+from conftest import epoll_members
 
 
 def _polls_until_timer(ctx, ms=30):
@@ -50,7 +37,7 @@ def test_handler_removed_after_its_fd_was_closed_leaves_no_busy_wakeups(ctx):
         # stale registration (it spun tens of thousands of times)
         assert _polls_until_timer(ctx) <= 5
         assert calls == []
-        members = _epoll_members(ctx)
+        members = epoll_members(ctx)
         if ctx.fdmon == "epoll" and members is not None:
             assert r not in members
     finally:
