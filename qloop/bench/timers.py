@@ -6,8 +6,16 @@ loop.  Timed from before creating the first timer until the last one fired
 (fired == N is checked); extra ``create_s`` = time spent creating them.  The
 timer objects are kept alive until the end in every impl.
 
-qloop: t = ctx.timer(cb); t.mod_in(delay_ns) (CLOCK_REALTIME);
-asyncio/uvloop: loop.call_later(delay_s, cb); gevent: loop.timer(delay_s).start(cb).
+qloop: base = ctx.now() once, then per timer t = ctx.timer(cb);
+t.mod(base + delay_ns) (CLOCK_REALTIME); asyncio/uvloop: loop.call_later(delay_s,
+cb); gevent: loop.timer(delay_s).start(cb).
+
+Where the deadlines start from: gevent's timers count from libev's cached
+"now" and uvloop's call_later from libuv's cached loop time, both read before
+the first timer is created, while asyncio's call_later reads the clock for
+each timer.  qloop reads its clock once, like the first two: with a deadline
+per timer counted from its own creation the run could not end before
+create_s + 100 ms.
 """
 import random
 import sys
@@ -50,13 +58,15 @@ def run_qloop(n, variant, opts):
     run, stop = qloop_driver(ctx)
     cb, fired = _counter(n, stop)
     new_timer = ctx.timer
+    clock_now = ctx.now
     settle()
     t0 = now()
+    base = clock_now()       # one reading, as libev's / libuv's cached "now"
     timers = []
     keep = timers.append
     for d in delays:
         t = new_timer(cb)
-        t.mod_in(d)
+        t.mod(base + d)
         keep(t)
     t_created = now()
     run()
