@@ -60,7 +60,7 @@ struct QLTimer {
     uint64_t seq;              /* [lock] arming order, breaks deadline ties */
     QLContext *ctx;            /* [lock] NULL once the context was freed */
     QLClockType type;          /* [const] */
-    uint32_t wnode;            /* [lock] its wheel node while in the wheel */
+    uint32_t wpos;             /* [lock] its entry in the wheel's pool while there */
     const char *name;          /* [const] */
     int scale;                 /* ns per unit for qemu-compat.h's timer_mod() */
     struct QLTimer *all_prev, *all_next; /* [lock] every timer of the ctx */
@@ -81,27 +81,36 @@ typedef struct QLTimerSlot {
     QLTimer *t;
 } QLTimerSlot;
 
-/* A wheel entry: the timer's key and links, in a dense array (the bucket
- * walk stays out of the timers themselves). */
-typedef struct QLWheelNode {
+/* A wheel entry: the timer's key, in its bucket's chunk. */
+typedef struct QLWheelEntry {
     int64_t expire;
     uint64_t seq;
     QLTimer *t;
     void *opaque;              /* t->opaque, prefetched with t (the callback's data) */
-    uint32_t prev, next;       /* node indices; QL_WHEEL_NONE ends / heads */
-} QLWheelNode;
+} QLWheelEntry;
 
+/* A bucket is a list of chunks of QL_WHEEL_CHUNK entries (256 bytes), drawn
+ * from one pool per clock: moving a bucket into the heap reads its entries
+ * in order, a cache miss per chunk rather than one per timer in series, and
+ * buckets share the pool's memory, so a steady load allocates nothing. */
+#define QL_WHEEL_CHUNK 8
 #define QL_WHEEL_NONE UINT32_MAX
+
+typedef struct QLWheelBucket {
+    uint32_t head;             /* newest chunk (the only partial one), or NONE */
+    uint32_t hn;               /* entries in the head chunk */
+} QLWheelBucket;
 
 typedef struct QLTimerHeap {
     QLTimerSlot *a;            /* [lock] 4-ary min-heap on (expire, seq) */
     size_t n, cap;             /* n: [lock] writes, [atomic] reads */
     /* The wheel: unsorted buckets of timers whose tick (expire >> SHIFT) is
      * in (cursor, cursor + QL_WHEEL_SIZE).  Allocated on first use. */
-    uint32_t *wheel;           /* [lock] bucket heads (node index or
-                                * QL_WHEEL_NONE), NULL before first use */
-    QLWheelNode *nodes;        /* [lock] cap entries (grown with the heap) */
-    uint32_t node_free;        /* [lock] free list through .next */
+    QLWheelBucket *wheel;      /* [lock] QL_WHEEL_SIZE buckets, NULL before first use */
+    QLWheelEntry *went;        /* [lock] chunk pool: chunk c is went[c * CHUNK ...] */
+    uint32_t *chunk_next;      /* [lock] per chunk: next in its bucket or the free list */
+    uint32_t nchunks;          /* [lock] chunks in the pool */
+    uint32_t chunk_free;       /* [lock] free list head, or NONE */
     size_t wcount;             /* [lock] writes, [atomic] reads: timers in it */
     int64_t cursor;            /* [lock] every armed timer with tick <= cursor
                                 * is in the heap */

@@ -5,21 +5,24 @@
  * (deadline, arming sequence number): equal deadlines fire in arming order.
  * In front of the heap sits a timer wheel: QL_WHEEL_SIZE unsorted buckets of
  * 2^QL_WHEEL_SHIFT ns each.  A timer whose tick (deadline >> SHIFT) is in
- * (cursor, cursor + QL_WHEEL_SIZE) is linked in the bucket of its tick (O(1)
- * arm and del, nothing touched but the bucket head and one neighbour); any
- * other timer goes to the heap.  The heap therefore holds every timer with a
+ * (cursor, cursor + QL_WHEEL_SIZE) is added to the bucket of its tick (O(1)
+ * arm; del moves the bucket's newest entry into the hole); any other timer
+ * goes to the heap.  The heap therefore holds every timer with a
  * tick <= cursor, plus far ones.  Whoever needs the earliest deadline (the
  * run pass, the timeout, a virtual clock move) first makes sure the heap
  * holds it: if no heap timer has a tick <= cursor, the cursor advances to the
  * first non-empty bucket and that bucket moves into the heap (wheel_settle).
  * The heap stays small (a bucket or two of near timers), so its pops stay in
  * cache, where a single heap of every armed timer missed the cache at each
- * level.  Deadlines and order are exact: the wheel only defers sorting.
+ * level.  A bucket is a list of 8-entry chunks from a pool, so moving it
+ * reads memory in order (a list of timers cost a cache miss per timer, one
+ * after the other).  Deadlines and
+ * order are exact: the wheel only defers sorting.
  *
- * A timer stores its position (heap index or wheel links), so mod and del
- * are O(log n) and allocate nothing once the heap array has grown: the heap
- * is kept large enough for every armed timer, so moving a bucket into it
- * never allocates.  ctx->lock protects all of it, which makes mod/del safe
+ * A timer stores its position (heap index or place in its bucket), so mod
+ * and del are O(log n) and allocate nothing once the arrays have grown: the
+ * heap is kept large enough for every armed timer, so moving a bucket into
+ * it never allocates, and emptied chunks go back to the pool.  ctx->lock protects all of it, which makes mod/del safe
  * from any thread; callbacks run without the lock.
  *
  * Run pass (ql__timers_run): the clock is read once per clock, and the pass
@@ -135,6 +138,32 @@ static void heap_fix(QLTimerHeap *h, size_t i)
     }
 }
 
+/* Double the chunk pool; the new chunks go on the free list. */
+static int chunk_grow(QLTimerHeap *h)
+{
+    uint32_t cap = h->nchunks ? h->nchunks * 2 : 16;
+    if ((uint64_t)cap * QL_WHEEL_CHUNK > UINT32_MAX) {
+        return -ENOMEM; /* entry positions are 32-bit */
+    }
+    QLWheelEntry *went = realloc(h->went, (size_t)cap * QL_WHEEL_CHUNK * sizeof *went);
+    if (!went) {
+        return -ENOMEM;
+    }
+    h->went = went;
+    uint32_t *next = realloc(h->chunk_next, (size_t)cap * sizeof *next);
+    if (!next) {
+        return -ENOMEM; /* went grew, nchunks did not: harmless */
+    }
+    h->chunk_next = next;
+    for (uint32_t c = h->nchunks; c + 1 < cap; c++) {
+        next[c] = c + 1;
+    }
+    next[cap - 1] = h->chunk_free;
+    h->chunk_free = h->nchunks;
+    h->nchunks = cap;
+    return 0;
+}
+
 /* Make room in the heap for every armed timer plus one more (so that moving
  * wheel buckets into it never allocates). */
 static int heap_reserve(QLTimerHeap *h)
@@ -145,35 +174,31 @@ static int heap_reserve(QLTimerHeap *h)
         while (cap < need) {
             cap *= 2;
         }
-        if (cap > QL_WHEEL_NONE) {
-            return -ENOMEM;
+        if (cap > UINT32_MAX) {
+            return -ENOMEM; /* bucket positions are 32-bit */
         }
         QLTimerSlot *a = realloc(h->a, cap * sizeof *a);
         if (!a) {
             return -ENOMEM;
         }
         h->a = a;
-        QLWheelNode *nodes = realloc(h->nodes, cap * sizeof *nodes);
-        if (!nodes) {
-            return -ENOMEM; /* h->a grew, cap did not: harmless */
-        }
-        h->nodes = nodes;
-        /* The new nodes [old cap, cap) go in front of the free list. */
-        for (size_t i = h->cap; i + 1 < cap; i++) {
-            nodes[i].next = (uint32_t)(i + 1);
-        }
-        nodes[cap - 1].next = h->cap ? h->node_free : QL_WHEEL_NONE;
-        h->node_free = (uint32_t)h->cap;
+        h->cap = cap;
         if (!h->wheel) {
             /* First arm on this clock: the wheel comes with the heap (so that
              * both are allocated during warm-up).  Without it (no memory)
              * every timer goes to the heap, which is just slower. */
             h->wheel = malloc(QL_WHEEL_SIZE * sizeof *h->wheel);
             for (size_t b = 0; h->wheel && b < QL_WHEEL_SIZE; b++) {
-                h->wheel[b] = QL_WHEEL_NONE;
+                h->wheel[b] = (QLWheelBucket){QL_WHEEL_NONE, 0};
             }
+            h->chunk_free = QL_WHEEL_NONE;
         }
-        h->cap = cap;
+        /* Chunks for every armed timer packed in the wheel, and a few spare
+         * for partly filled buckets, grow with the heap (during warm-up);
+         * a wheel spread thinner grows the pool on demand.  Failing here is
+         * harmless: a timer with no chunk goes to the heap. */
+        while (h->wheel && (size_t)h->nchunks < cap / QL_WHEEL_CHUNK + 16 && chunk_grow(h) == 0) {
+        }
     }
     return 0;
 }
@@ -207,42 +232,54 @@ static inline int64_t tick_of(int64_t expire)
     return expire >> QL_WHEEL_SHIFT;
 }
 
-static void wheel_link(QLTimerHeap *h, QLTimer *t, int64_t tick)
+/* Add t to the bucket of its tick; -ENOMEM if the pool cannot grow (the
+ * caller puts t in the heap instead). */
+static int wheel_link(QLTimerHeap *h, QLTimer *t, int64_t tick)
 {
     size_t b = (size_t)tick & (QL_WHEEL_SIZE - 1);
-    uint32_t i = h->node_free; /* never empty: nodes are reserved with the heap */
-    QLWheelNode *nd = &h->nodes[i];
-    h->node_free = nd->next;
-    uint32_t head = h->wheel[b];
-    *nd = (QLWheelNode){t->expire, t->seq, t, t->opaque, QL_WHEEL_NONE, head};
-    if (head != QL_WHEEL_NONE) {
-        h->nodes[head].prev = i;
+    QLWheelBucket *bk = &h->wheel[b];
+    if (bk->head == QL_WHEEL_NONE || bk->hn == QL_WHEEL_CHUNK) {
+        if (h->chunk_free == QL_WHEEL_NONE && chunk_grow(h) < 0) {
+            return -ENOMEM;
+        }
+        uint32_t c = h->chunk_free;
+        h->chunk_free = h->chunk_next[c];
+        h->chunk_next[c] = bk->head;
+        bk->head = c;
+        bk->hn = 0;
     }
-    h->wheel[b] = i;
+    uint32_t i = bk->head * QL_WHEEL_CHUNK + bk->hn++;
+    h->went[i] = (QLWheelEntry){t->expire, t->seq, t, t->opaque};
     h->wbits[b / 64] |= 1ull << (b % 64);
-    t->wnode = i;
+    t->wpos = i;
     t->heap_index = QL_TIMER_IN_WHEEL;
     __atomic_store_n(&h->wcount, h->wcount + 1, __ATOMIC_RELAXED);
+    return 0;
 }
 
+/* Take t (in the wheel, t->expire as when it was linked) out of its bucket:
+ * the bucket's newest entry moves into its place. */
 static void wheel_unlink(QLTimerHeap *h, QLTimer *t)
 {
-    uint32_t i = t->wnode;
-    QLWheelNode *nd = &h->nodes[i];
-    if (nd->prev == QL_WHEEL_NONE) {
-        size_t b = (size_t)tick_of(nd->expire) & (QL_WHEEL_SIZE - 1);
-        h->wheel[b] = nd->next;
-        if (nd->next == QL_WHEEL_NONE) {
+    size_t b = (size_t)tick_of(t->expire) & (QL_WHEEL_SIZE - 1);
+    QLWheelBucket *bk = &h->wheel[b];
+    uint32_t i = t->wpos;
+    uint32_t last = bk->head * QL_WHEEL_CHUNK + bk->hn - 1;
+    if (i != last) {
+        h->went[i] = h->went[last];
+        h->went[i].t->wpos = i;
+    }
+    if (--bk->hn == 0) {
+        uint32_t c = bk->head;
+        bk->head = h->chunk_next[c];
+        h->chunk_next[c] = h->chunk_free;
+        h->chunk_free = c;
+        if (bk->head == QL_WHEEL_NONE) {
             h->wbits[b / 64] &= ~(1ull << (b % 64)); /* the bucket is empty now */
+        } else {
+            bk->hn = QL_WHEEL_CHUNK; /* older chunks are full */
         }
-    } else {
-        h->nodes[nd->prev].next = nd->next;
     }
-    if (nd->next != QL_WHEEL_NONE) {
-        h->nodes[nd->next].prev = nd->prev;
-    }
-    nd->next = h->node_free;
-    h->node_free = i;
     t->heap_index = QL_TIMER_NOT_IN_HEAP;
     __atomic_store_n(&h->wcount, h->wcount - 1, __ATOMIC_RELAXED);
 }
@@ -277,32 +314,45 @@ static void wheel_settle(QLTimerHeap *h)
     size_t off = wheel_next_offset(h);
     h->cursor += (int64_t)off;
     size_t b = (size_t)h->cursor & (QL_WHEEL_SIZE - 1);
-    uint32_t i = h->wheel[b];
-    h->wheel[b] = QL_WHEEL_NONE;
+    QLWheelBucket *bk = &h->wheel[b];
     h->wbits[b / 64] &= ~(1ull << (b % 64));
     size_t moved = 0;
-    /* The walk reads only nodes; each timer gets one store (its heap index,
-     * in heap_place), which does not hold the walk up. */
-    while (i != QL_WHEEL_NONE) {
-        QLWheelNode *nd = &h->nodes[i];
-        uint32_t next = nd->next;
-        /* The run pass reads the timer and its callback's data soon: fetch
-         * them for the whole bucket at once rather than one miss at a time
-         * (the data's line and the 16 bytes before it: object headers such
-         * as CPython's GC header).  Prefetches never fault. */
-        __builtin_prefetch(nd->t);
-        __builtin_prefetch(nd->opaque);
-        /* opaque is any user value (not always an object pointer): compute the
-         * address as an integer, pointer arithmetic on it could be undefined. */
-        __builtin_prefetch((const void *)((uintptr_t)nd->opaque - 16));
-        size_t j = h->n;
-        __atomic_store_n(&h->n, j + 1, __ATOMIC_RELAXED);
-        heap_place(h, j, (QLTimerSlot){nd->expire, nd->seq, nd->t}); /* room reserved */
-        heap_sift_up(h, j);
-        nd->next = h->node_free;
-        h->node_free = i;
-        moved++;
-        i = next;
+    uint32_t c = bk->head, cn = bk->hn;
+    *bk = (QLWheelBucket){QL_WHEEL_NONE, 0};
+    while (c != QL_WHEEL_NONE) {
+        uint32_t next = h->chunk_next[c];
+        const QLWheelEntry *e = &h->went[(size_t)c * QL_WHEEL_CHUNK];
+        if (next != QL_WHEEL_NONE) {
+            /* The next chunk's four lines, while this one is worked on. */
+            const char *nc = (const char *)&h->went[(size_t)next * QL_WHEEL_CHUNK];
+            for (size_t off = 0; off < QL_WHEEL_CHUNK * sizeof *e; off += 64) {
+                __builtin_prefetch(nc + off);
+            }
+        }
+        /* Each timer gets one store (its heap index, in heap_place), and the
+         * run pass reads it and its callback's data soon: fetch the chunk's
+         * timers and data at once rather than one miss at a time (the
+         * data's line and the 16 bytes before it: object headers such as
+         * CPython's GC header).  Prefetches never fault. */
+        for (uint32_t k = 0; k < cn; k++) {
+            __builtin_prefetch(e[k].t, 1);
+            __builtin_prefetch(e[k].opaque);
+            /* opaque is any user value (not always an object pointer):
+             * compute the address as an integer, pointer arithmetic on it
+             * could be undefined. */
+            __builtin_prefetch((const void *)((uintptr_t)e[k].opaque - 16));
+        }
+        for (uint32_t k = 0; k < cn; k++) {
+            size_t j = h->n;
+            __atomic_store_n(&h->n, j + 1, __ATOMIC_RELAXED);
+            heap_place(h, j, (QLTimerSlot){e[k].expire, e[k].seq, e[k].t}); /* room reserved */
+            heap_sift_up(h, j);
+        }
+        moved += cn;
+        h->chunk_next[c] = h->chunk_free;
+        h->chunk_free = c;
+        c = next;
+        cn = QL_WHEEL_CHUNK; /* older chunks are full */
     }
     __atomic_store_n(&h->wcount, h->wcount - moved, __ATOMIC_RELAXED);
 }
@@ -339,10 +389,9 @@ static int timer_insert(QLContext *ctx, QLTimerHeap *h, QLTimer *t, int64_t now)
             return 0;
         }
     }
-    if (tick > h->cursor && tick - h->cursor < QL_WHEEL_SIZE && h->wheel) {
-        wheel_link(h, t, tick);
-    } else {
-        heap_insert(h, t);
+    if (!(tick > h->cursor && tick - h->cursor < QL_WHEEL_SIZE && h->wheel &&
+          wheel_link(h, t, tick) == 0)) {
+        heap_insert(h, t); /* room reserved */
     }
     return 0;
 }
@@ -733,7 +782,8 @@ void ql__timers_cleanup(QLContext *ctx)
     for (int i = 0; i < QL_CLOCK_MAX; i++) {
         free(ctx->heap[i].a);
         free(ctx->heap[i].wheel);
-        free(ctx->heap[i].nodes);
+        free(ctx->heap[i].went);
+        free(ctx->heap[i].chunk_next);
         ctx->heap[i] = (QLTimerHeap){0};
     }
     pthread_mutex_unlock(&ctx->lock);

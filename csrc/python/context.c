@@ -51,8 +51,11 @@ static int parse_ns(PyObject *obj, const char *argname, int64_t *out)
                      Py_TYPE(obj)->tp_name);
         return -1;
     }
-    long long v = PyLong_AsLongLong(obj);
-    if (v == -1 && PyErr_Occurred()) {
+    /* Not PyLong_AsLongLong: it takes a slow path for ints past 2**30, as
+     * every absolute deadline on the monotonic clock is. */
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow || (v == -1 && PyErr_Occurred())) {
         PyErr_Clear();
         PyErr_Format(PyExc_OverflowError, "%s is out of range for a 64-bit nanosecond count",
                      argname);

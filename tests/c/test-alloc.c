@@ -6,7 +6,7 @@
  * and the test reports itself as skipped.
  */
 #include "qltest.h"
-#include "qloop/context.h"
+#include "context-int.h" /* the wheel's size, for the spread test */
 
 #include <stddef.h>
 
@@ -138,5 +138,44 @@ static void test_timer_mod_del_and_fire_allocate_nothing(void)
     ql_context_free(ctx);
 }
 
+/* Timers spread over the whole wheel (deadlines up to two wheel spans
+ * ahead, the clock moving a tenth of a span per step): after two turns of
+ * warm-up, further turns take chunks the emptied buckets gave back. */
+static void test_timers_spread_over_the_wheel_allocate_nothing_after_warm_up(void)
+{
+    if (skipped()) {
+        return;
+    }
+    QLContext *ctx = ql_context_new();
+    enum { N = 2000 };
+    const int64_t span = (int64_t)QL_WHEEL_SIZE << QL_WHEEL_SHIFT;
+    static QLTimer *t[N];
+    unsigned seed = 12345;
+    for (int i = 0; i < N; i++) {
+        t[i] = ql_timer_new(ctx, QL_CLOCK_VIRTUAL, count_cb, NULL, "t");
+    }
+    long before = 0;
+    for (int step = 0; step < 100; step++) {
+        if (step == 20) { /* two turns of the wheel */
+            before = allocs;
+        }
+        for (int i = 0; i < N; i++) {
+            if (!ql_timer_pending(t[i])) {
+                seed = seed * 1103515245u + 12345u;
+                ql_timer_mod_in(t[i], (int64_t)(seed % (unsigned)(2 * span / 1000)) * 1000);
+            }
+        }
+        ql_virtual_clock_advance(ctx, span / 10);
+        while (ql_context_poll(ctx, false) > 0) {
+        }
+    }
+    QL_CHECK_EQ(allocs - before, 0);
+    for (int i = 0; i < N; i++) {
+        ql_timer_free(t[i]);
+    }
+    ql_context_free(ctx);
+}
+
 QLTEST_MAIN(QLT(test_bh_schedule_and_dispatch_allocate_nothing),
-            QLT(test_timer_mod_del_and_fire_allocate_nothing))
+            QLT(test_timer_mod_del_and_fire_allocate_nothing),
+            QLT(test_timers_spread_over_the_wheel_allocate_nothing_after_warm_up))
