@@ -38,7 +38,7 @@
 #include <unistd.h>
 
 #define NBH 8
-#define NTIMER 6
+#define NTIMER 20 /* over 8: a wheel bucket spans several chunks */
 #define NPIPE 3
 #define MAXLOG 8192
 #define MAXDEPTH 3
@@ -1406,7 +1406,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 8:
         case 9:
             if (timers[t]) {
-                int64_t delta = (int64_t)(int8_t)NEXT() * 1000;
+                /* Steps of 1 us (within a wheel tick) or 64 us (a quarter
+                 * tick: deadlines spread over the wheel's buckets). */
+                int64_t delta = (int64_t)(int8_t)NEXT();
+                delta *= (NEXT() & 1) ? (1LL << 16) : 1000;
                 int64_t when = mnow + delta;
                 if (op == 7) {
                     ql_timer_mod(timers[t], when);
@@ -1438,7 +1441,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
             break;
         case 12: {
-            int64_t ns = (int64_t)arg * 500;
+            int64_t ns = (arg & 1) ? (int64_t)arg << 14 : (int64_t)arg * 500;
             if (ql_virtual_clock_advance(ctx, ns) < 0) {
                 FAIL("advance");
             }
