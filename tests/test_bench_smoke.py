@@ -245,3 +245,23 @@ def test_fdwatch_floor_reports_the_cpu_time_of_its_own_process():
     assert rec["per_op_ns"] > 0
     # six system calls per round trip cannot cost under 100 ns of CPU
     assert rec["cpu_per_op_ns"] > 100, rec
+
+
+def test_cswitch_builds_beyond_the_newest_four_are_removed(tmp_path):
+    """Each libqloop build gets its own cswitch executable in the cache; old
+    ones go, so that the cache does not grow by one per build forever."""
+    from qloop.bench import cswitch
+    paths = []
+    for i in range(7):
+        p = tmp_path / ("cswitch-%016x" % i)
+        p.write_bytes(b"")
+        os.utime(p, ns=(i * 10**9, i * 10**9))
+        paths.append(p)
+    other = tmp_path / "echo_client"
+    other.write_bytes(b"")
+    building = tmp_path / "cswitch-00000000000000ff.1234"   # another process's temp file
+    building.write_bytes(b"")
+    cswitch._prune(str(paths[6]), keep=4)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([paths[3].name, paths[4].name, paths[5].name, paths[6].name,
+                           other.name, building.name])

@@ -50,6 +50,7 @@ def build():
         key.update(("%s:%d:%d;" % (path, st.st_size, st.st_mtime_ns)).encode())
     exe = os.path.join(cache_dir(), "cswitch-" + key.hexdigest()[:16])
     if os.path.exists(exe):
+        _prune(exe, keep=KEEP_BUILDS)
         return exe
     cc = os.environ.get("CC", "cc")
     tmp = exe + ".%d" % os.getpid()
@@ -61,7 +62,32 @@ def build():
             raise NotAvailable("C coroutines are not in libqloop yet")
         raise RuntimeError("building cswitch failed:\n" + r.stdout)
     os.replace(tmp, exe)
+    _prune(exe, keep=KEEP_BUILDS)
     return exe
+
+
+KEEP_BUILDS = 4
+
+
+def _prune(exe, keep):
+    """Remove all but the ``keep`` newest cswitch builds beside ``exe``: each
+    libqloop build (another Python, a rebuild) gets its own, and the cache
+    would otherwise grow by one executable per build forever."""
+    d = os.path.dirname(exe)
+    builds = []
+    for name in os.listdir(d):
+        path = os.path.join(d, name)
+        if name.startswith("cswitch-") and "." not in name and path != exe:
+            try:
+                builds.append((os.stat(path).st_mtime_ns, path))
+            except OSError:
+                pass
+    builds.sort(reverse=True)
+    for _, path in builds[max(keep - 1, 0):]:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def run_qloop(n, variant, opts):
