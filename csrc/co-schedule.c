@@ -59,6 +59,44 @@ void ql__co_sched_bh_cb(void *opaque)
     }
 }
 
+/* Oneshot in the old context, run after the coroutine yielded: the move. */
+static void reschedule_cb(void *opaque)
+{
+    QLCoroutine *co = opaque;
+    QLContext *to = co->resched_ctx;
+    co->resched_ctx = NULL;
+    /* Only fails if someone else scheduled a coroutine that was waiting to
+     * be moved (misuse, reported by ql_co_schedule); it then runs there. */
+    (void)ql_co_schedule(to, co);
+}
+
+int ql_co_reschedule_self(QLContext *new_ctx)
+{
+    if (!new_ctx) {
+        return ql__misuse(-EINVAL, "ql_co_reschedule_self: new_ctx is NULL");
+    }
+    if (!ql_in_coroutine()) {
+        return ql__misuse(-EPERM, "ql_co_reschedule_self called outside a coroutine");
+    }
+    QLContext *old = ql_context_current();
+    if (old == new_ctx) {
+        return 0;
+    }
+    if (!old) {
+        return ql__misuse(-EINVAL, "ql_co_reschedule_self: the calling thread runs no "
+                                   "context to move the coroutine from");
+    }
+    QLCoroutine *self = ql_coroutine_self();
+    self->resched_ctx = new_ctx;
+    int r = ql_bh_schedule_oneshot(old, reschedule_cb, self, "co_reschedule_self");
+    if (r < 0) {
+        self->resched_ctx = NULL;
+        return r;
+    }
+    ql_coroutine_yield();
+    return 0;
+}
+
 int ql_co_enter(QLContext *ctx, QLCoroutine *co)
 {
     QLContext *cur = ql_context_current();

@@ -99,6 +99,7 @@ struct QLCoroutine {
     QLCoroutine *wakeup_next;   /* link in a wakeup list or enter's pending */
     bool wakeup_queued;         /* on a wakeup list or pending: not enterable */
     QLCoroutine *sched_next;    /* link in ctx->co_sched_head (lock-free) */
+    QLContext *resched_ctx;     /* ql_co_reschedule_self target until the move */
     QLCoroutine *wait_next;     /* link in a wait queue (co-lock.c) */
     int wait_flags;             /* what we wait for (co-lock.c) */
     int locks_held;             /* CoMutex/CoRwlock holds; 0 at the end */

@@ -384,6 +384,125 @@ static void test_co_schedule_moves_coroutines_between_thread_contexts(void)
     }
 }
 
+/* ---- ql_co_reschedule_self ------------------------------------------- */
+
+static pid_t resched_tid[HOP_THREADS];
+static int resched_ready;
+
+/* Hops through the thread contexts with ql_co_reschedule_self: after each
+ * return it runs in the target's thread, with the target current. */
+static void co_rescheduler(void *opaque)
+{
+    int at = (int)(intptr_t)opaque;
+
+    for (int i = 0; i < HOP_ROUNDS; i++) {
+        int to = (at + 1 + i % 2) % HOP_THREADS;
+        if (ql_co_reschedule_self(hop_ctx[to]) != 0 || ql_context_current() != hop_ctx[to] ||
+            tid() != resched_tid[to]) {
+            __atomic_fetch_add(&hop_errors, 1, __ATOMIC_RELAXED);
+        }
+        __atomic_fetch_add(&hop_runs[to], 1, __ATOMIC_RELAXED);
+        at = to;
+    }
+    /* Moving to where it is already: 0, and it keeps running. */
+    if (ql_co_reschedule_self(hop_ctx[at]) != 0 || tid() != resched_tid[at]) {
+        __atomic_fetch_add(&hop_errors, 1, __ATOMIC_RELAXED);
+    }
+    if (__atomic_add_fetch(&hop_finished, 1, __ATOMIC_ACQ_REL) == HOP_THREADS * HOP_COS) {
+        for (int t = 0; t < HOP_THREADS; t++) {
+            ql_context_notify(hop_ctx[t]);
+        }
+    }
+}
+
+static void *resched_thread(void *opaque)
+{
+    int me = (int)(intptr_t)opaque;
+    QLContext *ctx = hop_ctx[me];
+
+    ql_context_set_current(ctx);
+    resched_tid[me] = tid();
+    /* Start only once every thread has recorded its id. */
+    __atomic_add_fetch(&resched_ready, 1, __ATOMIC_ACQ_REL);
+    while (__atomic_load_n(&resched_ready, __ATOMIC_ACQUIRE) < HOP_THREADS) {
+        sched_yield();
+    }
+    for (int i = 0; i < HOP_COS; i++) {
+        ql_coroutine_enter(ql_coroutine_create(co_rescheduler, opaque));
+    }
+    while (__atomic_load_n(&hop_finished, __ATOMIC_ACQUIRE) < HOP_THREADS * HOP_COS) {
+        ql_context_poll(ctx, true);
+    }
+    poll_all(ctx); /* the last coroutines' leftovers */
+    ql_context_set_current(NULL);
+    return NULL;
+}
+
+static void test_co_reschedule_self_moves_the_coroutine_to_the_other_thread(void)
+{
+    pthread_t th[HOP_THREADS];
+    long total = 0;
+
+    for (int t = 0; t < HOP_THREADS; t++) {
+        hop_ctx[t] = ql_context_new();
+        hop_runs[t] = 0;
+    }
+    hop_finished = 0;
+    hop_errors = 0;
+    resched_ready = 0;
+    for (int t = 0; t < HOP_THREADS; t++) {
+        pthread_create(&th[t], NULL, resched_thread, (void *)(intptr_t)t);
+    }
+    for (int t = 0; t < HOP_THREADS; t++) {
+        pthread_join(th[t], NULL);
+    }
+    for (int t = 0; t < HOP_THREADS; t++) {
+        total += hop_runs[t];
+        ql_context_free(hop_ctx[t]);
+    }
+    QL_CHECK_EQ(hop_errors, 0);
+    QL_CHECK_EQ(total, (long)HOP_THREADS * HOP_COS * HOP_ROUNDS);
+}
+
+static int resched_result;
+
+static void co_resched_to(void *opaque)
+{
+    resched_result = ql_co_reschedule_self(opaque);
+    mark('r');
+}
+
+static void test_co_reschedule_self_misuse_is_reported(void)
+{
+    QLContext *ctx = ql_context_new();
+
+    QL_CHECK_EQ(ql_co_reschedule_self(ctx), -EPERM); /* not in a coroutine */
+    reset_order();
+    /* No current context to move from: refused, the coroutine goes on. */
+    ql_context_set_current(NULL);
+    ql_coroutine_enter(ql_coroutine_create(co_resched_to, ctx));
+    QL_CHECK_EQ(resched_result, -EINVAL);
+    ql_coroutine_enter(ql_coroutine_create(co_resched_to, NULL));
+    QL_CHECK_EQ(resched_result, -EINVAL);
+    QL_CHECK(strcmp(order, "rr") == 0);
+    /* Same thread, other context: it moves there and runs in its poll. */
+    QLContext *other = ql_context_new();
+    ql_context_set_current(ctx);
+    reset_order();
+    resched_result = 1;
+    ql_coroutine_enter(ql_coroutine_create(co_resched_to, other));
+    QL_CHECK(strcmp(order, "") == 0);
+    poll_all(ctx); /* the oneshot schedules it into other */
+    QL_CHECK(strcmp(order, "") == 0);
+    ql_context_set_current(other);
+    poll_all(other);
+    QL_CHECK(strcmp(order, "r") == 0);
+    QL_CHECK_EQ(resched_result, 0);
+    ql_context_set_current(NULL);
+    ql_context_free(other);
+    ql_context_free(ctx);
+}
+
 /* ---- sleep ------------------------------------------------------------ */
 
 struct sleeper {
@@ -504,6 +623,8 @@ QLTEST_MAIN(QLT(test_co_schedule_runs_in_next_poll_in_order),
             QLT(test_co_wake_from_other_thread_runs_in_its_context_thread),
             QLT(test_comutex_hands_off_across_threads),
             QLT(test_co_schedule_moves_coroutines_between_thread_contexts),
+            QLT(test_co_reschedule_self_moves_the_coroutine_to_the_other_thread),
+            QLT(test_co_reschedule_self_misuse_is_reported),
             QLT(test_co_sleep_ns_returns_after_virtual_time),
             QLT(test_co_sleep_wake_early_returns_1_and_cancels_timeout),
             QLT(test_co_sleeping_coroutine_cannot_be_entered_or_scheduled),

@@ -6,6 +6,7 @@
 #include "qloop/qemu-compat.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <unistd.h>
 
 typedef struct {
@@ -265,9 +266,52 @@ static void test_qemu_compat_coroutines_mutex_and_queue(void)
     aio_context_unref(ctx);
 }
 
+/* aio_co_reschedule_self into an IOThread-style context polled by another
+ * thread: the coroutine continues there. */
+static AioContext *compat_iothread_ctx;
+static pthread_t compat_iothread_id;
+static int compat_moved;
+
+static void coroutine_fn compat_mover(void *opaque)
+{
+    (void)opaque;
+    aio_co_reschedule_self(compat_iothread_ctx);
+    compat_moved = pthread_equal(pthread_self(), compat_iothread_id) &&
+                   qemu_get_current_aio_context() == compat_iothread_ctx ? 1 : -1;
+    aio_notify(compat_iothread_ctx);
+}
+
+static void *compat_iothread(void *opaque)
+{
+    (void)opaque;
+    ql_context_set_current(compat_iothread_ctx);
+    while (!__atomic_load_n(&compat_moved, __ATOMIC_ACQUIRE)) {
+        aio_poll(compat_iothread_ctx, true);
+    }
+    ql_context_set_current(NULL);
+    return NULL;
+}
+
+static void test_qemu_compat_aio_co_reschedule_self(void)
+{
+    AioContext *ctx = aio_context_new(NULL);
+    compat_iothread_ctx = aio_context_new(NULL);
+    compat_moved = 0;
+    pthread_create(&compat_iothread_id, NULL, compat_iothread, NULL);
+    ql_context_set_current(ctx);
+    qemu_coroutine_enter(qemu_coroutine_create(compat_mover, NULL));
+    aio_poll(ctx, false);          /* the oneshot hands it over */
+    pthread_join(compat_iothread_id, NULL);
+    QL_CHECK_EQ(compat_moved, 1);
+    ql_context_set_current(NULL);
+    aio_context_unref(compat_iothread_ctx);
+    aio_context_unref(ctx);
+}
+
 QLTEST_MAIN(QLT(test_qemu_compat_bh_schedule10),
             QLT(test_qemu_compat_bh_cancel_and_oneshot),
             QLT(test_qemu_compat_timer_schedule_with_scale),
             QLT(test_qemu_compat_fd_handler_and_event_notifier),
             QLT(test_qemu_compat_main_loop),
-            QLT(test_qemu_compat_coroutines_mutex_and_queue))
+            QLT(test_qemu_compat_coroutines_mutex_and_queue),
+            QLT(test_qemu_compat_aio_co_reschedule_self))

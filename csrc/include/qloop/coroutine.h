@@ -112,8 +112,7 @@ const char *ql_coroutine_backend(void);
  * coroutine that schedules itself into another thread's context and then
  * yields may be entered there before its yield (reported as misuse,
  * -EBUSY, and the coroutine is not resumed).  To move the running
- * coroutine, schedule a oneshot in its current context that calls
- * ql_co_schedule(), then yield.
+ * coroutine, use ql_co_reschedule_self().
  * ctx must stay alive until the call has returned (as for ql_bh_schedule):
  * free a context only once no other thread can still wake into it. */
 int ql_co_schedule(QLContext *ctx, QLCoroutine *co);
@@ -126,6 +125,16 @@ int ql_co_schedule(QLContext *ctx, QLCoroutine *co);
 int ql_co_wake(QLCoroutine *co);
 /* QEMU's aio_co_enter: as ql_co_wake but into ctx. */
 int ql_co_enter(QLContext *ctx, QLCoroutine *co);
+/* QEMU's aio_co_reschedule_self: move the calling coroutine to new_ctx and
+ * return once it runs there (in new_ctx's thread if another thread polls
+ * it).  The move is made safely: a oneshot in the current context
+ * (ql_context_current()) schedules the coroutine into new_ctx after it has
+ * yielded, so new_ctx's thread cannot enter it early.  A no-op returning 0
+ * when new_ctx is the current context.  Returns 0 after the move, -EINVAL
+ * for a NULL new_ctx or a thread that runs no context, -EPERM outside a
+ * coroutine, -ENOMEM if the oneshot cannot be allocated (nothing moved).
+ * new_ctx must stay alive until the coroutine runs there. */
+int ql_co_reschedule_self(QLContext *new_ctx);
 
 /* ---- CoQueue ---------------------------------------------------------- */
 

@@ -233,6 +233,7 @@ typedef QLCoroutineFunc CoroutineEntry;
 #define aio_co_schedule(ctx, co) ((void)ql_co_schedule((ctx), (co)))
 #define aio_co_wake(co) ((void)ql_co_wake(co))
 #define aio_co_enter(ctx, co) ((void)ql_co_enter((ctx), (co)))
+#define aio_co_reschedule_self(ctx) ((void)ql_co_reschedule_self(ctx))
 #define qemu_co_sleep_ns(type, ns) ((void)ql_co_sleep_ns((type), (ns)))
 
 typedef struct CoMutex {
