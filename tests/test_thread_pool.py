@@ -510,6 +510,24 @@ def test_close_refused_while_another_thread_polls_the_context():
         io.stop()
 
 
+def _poll_until_each_raised(ctx, n, delivered):
+    """Poll until n callbacks raised ValueError(value); check that each poll
+    ran exactly one failing callback (``delivered`` grows by one) and return
+    the raised values in order."""
+    raised = []
+    deadline = time.monotonic() + TIMEOUT
+    while len(raised) < n:
+        assert time.monotonic() < deadline, "completions not delivered"
+        before = len(delivered)
+        try:
+            ctx.poll(blocking=True)
+        except ValueError as e:
+            raised.append(e.args[0])
+            # one failing callback per poll: the rest wait for the next ones
+            assert len(delivered) == before + 1
+    return raised
+
+
 def test_thread_pool_failing_completions_raise_one_per_poll(ctx, unraisable):
     n = 6
     pool = qloop.ThreadPool(min_threads=0, max_threads=n, context=ctx)
@@ -533,17 +551,7 @@ def test_thread_pool_failing_completions_raise_one_per_poll(ctx, unraisable):
     # A worker goes idle only once its request is on the done list: all n
     # completions are one batch for the first poll.
     wait_for(lambda: pool.num_idle == n)
-    raised = []
-    deadline = time.monotonic() + TIMEOUT
-    while len(raised) < n:
-        assert time.monotonic() < deadline, "completions not delivered"
-        before = len(results)
-        try:
-            ctx.poll(blocking=True)
-        except ValueError as e:
-            raised.append(e.args[0])
-            # one failing callback per poll: the rest wait for the next ones
-            assert len(results) == before + 1
+    raised = _poll_until_each_raised(ctx, n, results)
     assert raised == results == list(range(n))
     assert unraisable == []
     assert ctx.poll(blocking=False) is False
@@ -563,15 +571,6 @@ def test_qiotask_failing_completions_raise_one_per_poll(ctx, unraisable):
         qloop.QIOTask(object(), cb, context=ctx).run_in_thread(
             lambda i=i: gate.wait(TIMEOUT) and i)
     gate.set()
-    raised = []
-    deadline = time.monotonic() + TIMEOUT
-    while len(done) < n:
-        assert time.monotonic() < deadline, "completions not delivered"
-        before = len(done)
-        try:
-            ctx.poll(blocking=True)
-        except ValueError as e:
-            raised.append(e.args[0])
-            assert len(done) == before + 1
+    raised = _poll_until_each_raised(ctx, n, done)
     assert sorted(raised) == sorted(done) == list(range(n))
     assert unraisable == []

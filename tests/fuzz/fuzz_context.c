@@ -291,14 +291,19 @@ static int m_poll(int depth)
     return progress;
 }
 
-static bool m_pending(void)
+/* Work ready in the model: a oneshot, a scheduled BH, a due timer or a
+ * readable pipe with a handler.  count_idle: whether a BH scheduled with
+ * schedule_idle counts (ql_context_pending() says yes; it does not keep a
+ * blocking poll from sleeping). */
+static bool m_ready(bool count_idle)
 {
     for (int i = 0; i < nlinked; i++) {
         if (mlinked[i].kind == 1) {
             return true;
         }
         int s = mlinked[i].id;
-        if (mlinked[i].gen == mgen[s] && mbh[s].scheduled && !mbh[s].deleted) {
+        if (mlinked[i].gen == mgen[s] && mbh[s].scheduled && !mbh[s].deleted &&
+            (count_idle || !mbh[s].idle)) {
             return true;
         }
     }
@@ -313,6 +318,11 @@ static bool m_pending(void)
         }
     }
     return false;
+}
+
+static bool m_pending(void)
+{
+    return m_ready(true);
 }
 
 static void m_arm(int i, int64_t expire)
@@ -1309,26 +1319,7 @@ static void do_poll(bool blocking)
 /* A blocking poll is allowed only when the model says it cannot sleep. */
 static bool must_not_sleep(void)
 {
-    for (int i = 0; i < nlinked; i++) {
-        if (mlinked[i].kind == 1) {
-            return true;
-        }
-        int s = mlinked[i].id;
-        if (mlinked[i].gen == mgen[s] && mbh[s].scheduled && !mbh[s].idle && !mbh[s].deleted) {
-            return true;
-        }
-    }
-    for (int i = 0; i < NTIMER; i++) {
-        if (mtimer[i].exists && mtimer[i].expire >= 0 && mtimer[i].expire <= mnow) {
-            return true;
-        }
-    }
-    for (int p = 0; p < NPIPE; p++) {
-        if (fd_handler[p] && mbytes[p] > 0) {
-            return true;
-        }
-    }
-    return false;
+    return m_ready(false);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
