@@ -16,14 +16,15 @@
  * cache, where a single heap of every armed timer missed the cache at each
  * level.  A bucket is a list of 8-entry chunks from a pool, so moving it
  * reads memory in order (a list of timers cost a cache miss per timer, one
- * after the other).  Deadlines and
- * order are exact: the wheel only defers sorting.
+ * after the other).  Deadlines and order are exact: the wheel only defers
+ * sorting.
  *
  * A timer stores its position (heap index or place in its bucket), so mod
  * and del are O(log n) and allocate nothing once the arrays have grown: the
  * heap is kept large enough for every armed timer, so moving a bucket into
- * it never allocates, and emptied chunks go back to the pool.  ctx->lock protects all of it, which makes mod/del safe
- * from any thread; callbacks run without the lock.
+ * it never allocates, and emptied chunks go back to the pool.  ctx->lock
+ * protects all of it, which makes mod/del safe from any thread; callbacks
+ * run without the lock.
  *
  * Run pass (ql__timers_run): the clock is read once per clock, and the pass
  * runs, in deadline order, the timers that are due at that instant and were
@@ -175,7 +176,7 @@ static int heap_reserve(QLTimerHeap *h)
             cap *= 2;
         }
         if (cap > UINT32_MAX) {
-            return -ENOMEM; /* bucket positions are 32-bit */
+            return -ENOMEM; /* 4 G armed timers on one clock: the limit */
         }
         QLTimerSlot *a = realloc(h->a, cap * sizeof *a);
         if (!a) {

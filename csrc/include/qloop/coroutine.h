@@ -133,7 +133,9 @@ int ql_co_enter(QLContext *ctx, QLCoroutine *co);
  * when new_ctx is the current context.  Returns 0 after the move, -EINVAL
  * for a NULL new_ctx or a thread that runs no context, -EPERM outside a
  * coroutine, -ENOMEM if the oneshot cannot be allocated (nothing moved).
- * new_ctx must stay alive until the coroutine runs there. */
+ * new_ctx must stay alive until the coroutine runs there.  A Python
+ * coroutine (qloop.Coroutine) runs only in the thread that owns it: called
+ * from one (through qloop.lib), new_ctx must be polled by that thread. */
 int ql_co_reschedule_self(QLContext *new_ctx);
 
 /* ---- CoQueue ---------------------------------------------------------- */
