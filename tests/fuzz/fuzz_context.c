@@ -38,7 +38,8 @@
 #include <unistd.h>
 
 #define NBH 8
-#define NTIMER 20 /* over 8: a wheel bucket spans several chunks */
+#define NTIMER 20      /* over 8: a wheel bucket spans several chunks */
+#define NTIMER_NEAR 6  /* ops 6-11 use the first 6, ops 29-31 the others */
 #define NPIPE 3
 #define MAXLOG 8192
 #define MAXDEPTH 3
@@ -46,7 +47,7 @@
 /* Operation codes: input byte % NOPS.  New operations get new codes at the
  * end, so that older inputs (corpus, regressions: written with op bytes
  * below the old count) keep their meaning. */
-#define NOPS 29
+#define NOPS 32
 
 #define FAIL(...)                                                              \
     do {                                                                       \
@@ -1322,6 +1323,67 @@ static bool must_not_sleep(void)
     return m_ready(false);
 }
 
+/* ---- timer operations (real and model together) ------------------------- */
+
+static void timer_new_op(int t)
+{
+    if (!timers[t]) {
+        timers[t] = ql_timer_new(ctx, QL_CLOCK_VIRTUAL, real_timer_cb, (void *)(intptr_t)t, "fuzz");
+        if (!timers[t]) {
+            FAIL("ql_timer_new");
+        }
+        mtimer[t] = (MTimer){.exists = true, .expire = -1};
+    }
+}
+
+/* mode 0: mod(now + delta), 1: mod_anticipate(now + delta), 2: mod_in(|delta|). */
+static void timer_arm_op(int t, int mode, int64_t delta)
+{
+    if (!timers[t]) {
+        return;
+    }
+    int64_t when = mnow + delta;
+    if (mode == 0) {
+        ql_timer_mod(timers[t], when);
+        m_arm(t, when);
+    } else if (mode == 1) {
+        ql_timer_mod_anticipate(timers[t], when);
+        int64_t w = when < 0 ? 0 : when;
+        if (mtimer[t].expire < 0 || w < mtimer[t].expire) {
+            m_arm(t, w);
+        }
+    } else {
+        int64_t d = delta < 0 ? -delta : delta;
+        ql_timer_mod_in(timers[t], d);
+        m_arm(t, mnow + d);
+    }
+}
+
+static void timer_del_op(int t)
+{
+    if (timers[t]) {
+        ql_timer_del(timers[t]);
+        mtimer[t].expire = -1;
+    }
+}
+
+static void timer_free_op(int t)
+{
+    if (timers[t]) {
+        ql_timer_free(timers[t]);
+        timers[t] = NULL;
+        mtimer[t].exists = false;
+    }
+}
+
+static void advance_op(int64_t ns)
+{
+    if (ql_virtual_clock_advance(ctx, ns) < 0) {
+        FAIL("advance");
+    }
+    mnow += ns;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     setup();
@@ -1331,7 +1393,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     while (pos < size && ops++ < MAXOPS) {
         uint8_t op = NEXT() % NOPS;
         uint8_t arg = NEXT();
-        int s = arg % NBH, t = arg % NTIMER, p = arg % NPIPE;
+        int s = arg % NBH, t = arg % NTIMER_NEAR, p = arg % NPIPE;
         switch (op) {
         case 0: /* new BH in slot s (if free), with behaviour from the next byte */
             if (!slots[s].bh && !mbh[s].exists) {
@@ -1384,61 +1446,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         }
         case 6:
-            if (!timers[t]) {
-                timers[t] = ql_timer_new(ctx, QL_CLOCK_VIRTUAL, real_timer_cb, (void *)(intptr_t)t,
-                                         "fuzz");
-                if (!timers[t]) {
-                    FAIL("ql_timer_new");
-                }
-                mtimer[t] = (MTimer){.exists = true, .expire = -1};
-            }
+            timer_new_op(t);
             break;
         case 7:
         case 8:
         case 9:
             if (timers[t]) {
-                /* Steps of 1 us (within a wheel tick) or 64 us (a quarter
-                 * tick: deadlines spread over the wheel's buckets). */
-                int64_t delta = (int64_t)(int8_t)NEXT();
-                delta *= (NEXT() & 1) ? (1LL << 16) : 1000;
-                int64_t when = mnow + delta;
-                if (op == 7) {
-                    ql_timer_mod(timers[t], when);
-                    m_arm(t, when);
-                } else if (op == 8) {
-                    ql_timer_mod_anticipate(timers[t], when);
-                    int64_t w = when < 0 ? 0 : when;
-                    if (mtimer[t].expire < 0 || w < mtimer[t].expire) {
-                        m_arm(t, w);
-                    }
-                } else {
-                    int64_t d = delta < 0 ? -delta : delta;
-                    ql_timer_mod_in(timers[t], d);
-                    m_arm(t, mnow + d);
-                }
+                timer_arm_op(t, op - 7, (int64_t)(int8_t)NEXT() * 1000);
             }
             break;
         case 10:
-            if (timers[t]) {
-                ql_timer_del(timers[t]);
-                mtimer[t].expire = -1;
-            }
+            timer_del_op(t);
             break;
         case 11:
-            if (timers[t]) {
-                ql_timer_free(timers[t]);
-                timers[t] = NULL;
-                mtimer[t].exists = false;
-            }
+            timer_free_op(t);
             break;
-        case 12: {
-            int64_t ns = (arg & 1) ? (int64_t)arg << 14 : (int64_t)arg * 500;
-            if (ql_virtual_clock_advance(ctx, ns) < 0) {
-                FAIL("advance");
-            }
-            mnow += ns;
+        case 12:
+            advance_op((int64_t)arg * 500);
             break;
-        }
         case 13:
         case 14:
             do_poll(false);
@@ -1513,6 +1538,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (ql_co_queue_empty(pqueue[arg % NQUEUE]) != (mp_queue[arg % NQUEUE].n == 0)) {
                 FAIL("ql_co_queue_empty(%d) differs from the model", arg % NQUEUE);
             }
+            break;
+        case 29: { /* wheel timer: create if needed, arm in steps of a quarter tick */
+            int w = NTIMER_NEAR + arg % (NTIMER - NTIMER_NEAR);
+            int64_t delta = (int64_t)(int8_t)NEXT() * (1LL << 16);
+            timer_new_op(w);
+            timer_arm_op(w, NEXT() % 3, delta);
+            break;
+        }
+        case 30: { /* wheel timer: del or free */
+            int w = NTIMER_NEAR + arg % (NTIMER - NTIMER_NEAR);
+            if (NEXT() & 1) {
+                timer_free_op(w);
+            } else {
+                timer_del_op(w);
+            }
+            break;
+        }
+        case 31: /* advance up to 4 ms: over many wheel buckets */
+            advance_op((int64_t)arg << 14);
             break;
         }
         check_state();

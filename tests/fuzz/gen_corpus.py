@@ -19,6 +19,10 @@ CO_NEW, CO_ENTER = 20, 21   # CO_NEW, nsections-1, one byte per section (held % 
 # Program coroutines (CoQueue / CoMutex / CoRwlock): PROG_NEW, nsteps-1, one
 # byte per step; PROG_ENTER, index; outside-coroutine queue operations.
 PROG_NEW, PROG_ENTER, QNEXT, QRESTART, QEMPTY = 23, 24, 26, 27, 28
+# Wheel timers (slots 6-19): WHEEL_ARM, slot, delta in quarter ticks (signed
+# byte), mode (0 mod, 1 anticipate, 2 mod_in); WHEEL_DEL, slot, free (odd) or
+# del (even); ADVANCE_FAR, n: the virtual clock moves n << 14 ns.
+WHEEL_ARM, WHEEL_DEL, ADVANCE_FAR = 29, 30, 31
 (S_YIELD, S_MLOCK, S_MUNLOCK, S_QWAIT, S_QWAIT_HEAD, S_QNEXT, S_QRESTART, S_QEMPTY,
  S_RDLOCK, S_WRLOCK, S_RWUNLOCK, S_UPGRADE, S_DOWNGRADE) = range(13)
 
@@ -105,6 +109,11 @@ SEEDS = {
         prog(S_WRLOCK, S_RWUNLOCK) + enter(0, 1, 2, 3, 0, 2, 0),
     "corwlock-queue-wait": prog(S_RDLOCK, S_QWAIT, S_RWUNLOCK) + prog(S_WRLOCK, S_QNEXT) +
         prog(S_RDLOCK, S_QNEXT, S_RWUNLOCK) + enter(0, 1, 2) + [QNEXT, 0],
+    # 14 timers in a few wheel buckets (more than a chunk of 8 in one), some
+    # removed from the middle of a bucket, then the clock walks over them.
+    "timer-wheel": sum(([WHEEL_ARM, w, 4 + w % 3, w % 3] for w in range(14)), []) + [
+        WHEEL_DEL, 3, 0, WHEEL_DEL, 8, 1, WHEEL_ARM, 3, 200, 0, POLL, 0] +
+        [ADVANCE_FAR, 17, POLL, 0] * 6 + [WHEEL_ARM, 5, 1, 2, ADVANCE_FAR, 255, POLL, 0],
     "mixed": new_bh(0, target=1) + new_bh(1, nested=True) + [
         NEW_TIMER, 0, MOD, 0, 0, SET_FD, 0, WRITE_FD, 0, SCHED, 0, ONESHOT, 0,
         POLL, 0, ADVANCE, 1, POLL, 0, DELETE, 1, POLL, 0],
