@@ -172,7 +172,6 @@ struct QLContext {
     int nhandlers;             /* [home] user handlers registered */
     int max_fd;                /* [home] highest fd with a handler, or -1 */
     unsigned fd_walking;       /* [home] polls holding node pointers */
-    unsigned busy_polls;       /* [home] polls in a row that found an fd without sleeping */
     QLFdHandler *fd_deferred;  /* [home] deleted nodes to free at walking 0 */
     int bad_fd;                /* [home] last fd found closed, or -1 */
     int n_always_ready;        /* [home] nodes the embedding fd cannot watch */

@@ -450,21 +450,9 @@ static int context_poll(QLContext *ctx, bool blocking)
             ql__virtual_clock_jump(ctx, vdeadline);
         }
     } else if (timeout != 0) {
-        /* A busy loop mostly finds an fd ready: look once without sleeping
-         * first, so that it pays neither the blocking hooks (in Python, the
-         * GIL's release and retake) nor the monitor's timed wait.  Idle, that
-         * is one more system call before sleeping.  Every 64th poll in a row
-         * that found an fd this way takes the blocking path anyway, so a
-         * loop that never idles still lets other threads have the GIL. */
-        if (ctx->fdmon->need_wait(ctx) && (++ctx->busy_polls & 63) != 0) {
-            nev = ctx->fdmon->wait(ctx, 0, ev, QL_POLL_BATCH);
-        }
-        if (nev == 0) {
-            ctx->busy_polls = 0;
-            void *token = ql_blocking_begin();
-            nev = ctx->fdmon->wait(ctx, timeout, ev, QL_POLL_BATCH);
-            ql_blocking_end(token);
-        }
+        void *token = ql_blocking_begin();
+        nev = ctx->fdmon->wait(ctx, timeout, ev, QL_POLL_BATCH);
+        ql_blocking_end(token);
     } else if (ctx->fdmon->need_wait(ctx)) {
         nev = ctx->fdmon->wait(ctx, 0, ev, QL_POLL_BATCH);
     }

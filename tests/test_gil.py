@@ -1,6 +1,5 @@
 """The binding pattern (csrc/python/README.md): the GIL is held in every call
 into qloop and released only inside libqloop's blocking sections."""
-import os
 import sys
 import threading
 
@@ -85,60 +84,3 @@ def test_blocked_sections_are_counted_per_thread():
     t.join()
     assert result == {"delta": 2, "state": 0}
     assert qloop._core._blocked_sections() == main_before
-
-
-def _readable_pipe():
-    r, w = os.pipe()
-    os.write(w, b"x")          # stays unread: r is ready at every poll
-    return r, w
-
-
-def test_poll_that_finds_an_fd_ready_keeps_the_gil():
-    # A busy loop looks for ready fds before sleeping: when one is ready
-    # the poll neither sleeps nor drops and retakes the GIL.
-    r, w = _readable_pipe()
-    runs = []
-    try:
-        with qloop.AioContext() as ctx:
-            ctx.set_fd_handler(r, read=lambda: runs.append(1))
-            before = qloop._core._blocked_sections()
-            for _ in range(10):
-                assert ctx.poll(True) is True
-            assert qloop._core._blocked_sections() == before
-            ctx.set_fd_handler(r, None)
-    finally:
-        os.close(r)
-        os.close(w)
-    assert len(runs) == 10
-
-
-def test_loop_that_never_idles_still_releases_the_gil_every_64_polls():
-    r, w = _readable_pipe()
-    try:
-        with qloop.AioContext() as ctx:
-            ctx.set_fd_handler(r, read=lambda: None)
-            before = qloop._core._blocked_sections()
-            for _ in range(640):
-                ctx.poll(True)
-            assert qloop._core._blocked_sections() - before == 10
-            assert qloop._core._gil_state_while_blocked() == 0
-            ctx.set_fd_handler(r, None)
-    finally:
-        os.close(r)
-        os.close(w)
-
-
-def test_poll_with_nothing_ready_sleeps_without_the_gil():
-    r, w = os.pipe()
-    try:
-        with qloop.AioContext() as ctx:
-            ctx.set_fd_handler(r, read=lambda: os.read(r, 1))
-            threading.Timer(0.05, os.write, (w, b"x")).start()
-            before = qloop._core._blocked_sections()
-            assert ctx.poll(True) is True
-            assert qloop._core._blocked_sections() == before + 1
-            assert qloop._core._gil_state_while_blocked() == 0
-            ctx.set_fd_handler(r, None)
-    finally:
-        os.close(r)
-        os.close(w)
