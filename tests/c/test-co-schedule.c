@@ -307,6 +307,19 @@ static int hop_finished;
 static int hop_errors;
 static long hop_runs[HOP_THREADS];
 
+static pid_t hop_tid[HOP_THREADS];
+static int hop_ready;
+
+/* A hopping coroutine is done; the last one wakes every thread's poll. */
+static void hop_finish(void)
+{
+    if (__atomic_add_fetch(&hop_finished, 1, __ATOMIC_ACQ_REL) == HOP_THREADS * HOP_COS) {
+        for (int t = 0; t < HOP_THREADS; t++) {
+            ql_context_notify(hop_ctx[t]);
+        }
+    }
+}
+
 static void hop_schedule_bh(void *opaque)
 {
     struct hop *h = opaque;
@@ -332,31 +345,40 @@ static void co_hopper(void *opaque)
         __atomic_fetch_add(&hop_runs[to], 1, __ATOMIC_RELAXED);
         at = to;
     }
-    if (__atomic_add_fetch(&hop_finished, 1, __ATOMIC_ACQ_REL) ==
-        HOP_THREADS * HOP_COS) {
-        for (int t = 0; t < HOP_THREADS; t++) {
-            ql_context_notify(hop_ctx[t]);
-        }
-    }
+    hop_finish();
 }
+
+/* One thread polling hop_ctx[opaque]: it starts HOP_COS coroutines running
+ * hop_entry (once every thread has recorded its id) and polls until all
+ * coroutines of all threads are done. */
+static QLCoroutineFunc *hop_entry;
 
 static void *hop_thread(void *opaque)
 {
-    QLContext *ctx = hop_ctx[(intptr_t)opaque];
+    int me = (int)(intptr_t)opaque;
+    QLContext *ctx = hop_ctx[me];
 
     ql_context_set_current(ctx);
-    for (int i = 0; i < HOP_COS; i++) {
-        ql_coroutine_enter(ql_coroutine_create(co_hopper, opaque));
+    hop_tid[me] = tid();
+    __atomic_add_fetch(&hop_ready, 1, __ATOMIC_ACQ_REL);
+    while (__atomic_load_n(&hop_ready, __ATOMIC_ACQUIRE) < HOP_THREADS) {
+        sched_yield();
     }
-    while (__atomic_load_n(&hop_finished, __ATOMIC_ACQUIRE) <
-           HOP_THREADS * HOP_COS) {
+    for (int i = 0; i < HOP_COS; i++) {
+        ql_coroutine_enter(ql_coroutine_create(hop_entry, opaque));
+    }
+    while (__atomic_load_n(&hop_finished, __ATOMIC_ACQUIRE) < HOP_THREADS * HOP_COS) {
         ql_context_poll(ctx, true);
     }
+    poll_all(ctx); /* the last coroutines' leftovers */
     ql_context_set_current(NULL);
     return NULL;
 }
 
-static void test_co_schedule_moves_coroutines_between_thread_contexts(void)
+/* Run HOP_COS coroutines of `entry` per thread on HOP_THREADS threads, each
+ * polling its own context; check no errors, every round run, and every
+ * thread visited. */
+static void run_hoppers(QLCoroutineFunc *entry)
 {
     pthread_t th[HOP_THREADS];
     long total = 0;
@@ -367,6 +389,8 @@ static void test_co_schedule_moves_coroutines_between_thread_contexts(void)
     }
     hop_finished = 0;
     hop_errors = 0;
+    hop_ready = 0;
+    hop_entry = entry;
     for (int t = 0; t < HOP_THREADS; t++) {
         pthread_create(&th[t], NULL, hop_thread, (void *)(intptr_t)t);
     }
@@ -384,10 +408,12 @@ static void test_co_schedule_moves_coroutines_between_thread_contexts(void)
     }
 }
 
-/* ---- ql_co_reschedule_self ------------------------------------------- */
+static void test_co_schedule_moves_coroutines_between_thread_contexts(void)
+{
+    run_hoppers(co_hopper);
+}
 
-static pid_t resched_tid[HOP_THREADS];
-static int resched_ready;
+/* ---- ql_co_reschedule_self ------------------------------------------- */
 
 /* Hops through the thread contexts with ql_co_reschedule_self: after each
  * return it runs in the target's thread, with the target current. */
@@ -398,70 +424,22 @@ static void co_rescheduler(void *opaque)
     for (int i = 0; i < HOP_ROUNDS; i++) {
         int to = (at + 1 + i % 2) % HOP_THREADS;
         if (ql_co_reschedule_self(hop_ctx[to]) != 0 || ql_context_current() != hop_ctx[to] ||
-            tid() != resched_tid[to]) {
+            tid() != hop_tid[to]) {
             __atomic_fetch_add(&hop_errors, 1, __ATOMIC_RELAXED);
         }
         __atomic_fetch_add(&hop_runs[to], 1, __ATOMIC_RELAXED);
         at = to;
     }
     /* Moving to where it is already: 0, and it keeps running. */
-    if (ql_co_reschedule_self(hop_ctx[at]) != 0 || tid() != resched_tid[at]) {
+    if (ql_co_reschedule_self(hop_ctx[at]) != 0 || tid() != hop_tid[at]) {
         __atomic_fetch_add(&hop_errors, 1, __ATOMIC_RELAXED);
     }
-    if (__atomic_add_fetch(&hop_finished, 1, __ATOMIC_ACQ_REL) == HOP_THREADS * HOP_COS) {
-        for (int t = 0; t < HOP_THREADS; t++) {
-            ql_context_notify(hop_ctx[t]);
-        }
-    }
-}
-
-static void *resched_thread(void *opaque)
-{
-    int me = (int)(intptr_t)opaque;
-    QLContext *ctx = hop_ctx[me];
-
-    ql_context_set_current(ctx);
-    resched_tid[me] = tid();
-    /* Start only once every thread has recorded its id. */
-    __atomic_add_fetch(&resched_ready, 1, __ATOMIC_ACQ_REL);
-    while (__atomic_load_n(&resched_ready, __ATOMIC_ACQUIRE) < HOP_THREADS) {
-        sched_yield();
-    }
-    for (int i = 0; i < HOP_COS; i++) {
-        ql_coroutine_enter(ql_coroutine_create(co_rescheduler, opaque));
-    }
-    while (__atomic_load_n(&hop_finished, __ATOMIC_ACQUIRE) < HOP_THREADS * HOP_COS) {
-        ql_context_poll(ctx, true);
-    }
-    poll_all(ctx); /* the last coroutines' leftovers */
-    ql_context_set_current(NULL);
-    return NULL;
+    hop_finish();
 }
 
 static void test_co_reschedule_self_moves_the_coroutine_to_the_other_thread(void)
 {
-    pthread_t th[HOP_THREADS];
-    long total = 0;
-
-    for (int t = 0; t < HOP_THREADS; t++) {
-        hop_ctx[t] = ql_context_new();
-        hop_runs[t] = 0;
-    }
-    hop_finished = 0;
-    hop_errors = 0;
-    resched_ready = 0;
-    for (int t = 0; t < HOP_THREADS; t++) {
-        pthread_create(&th[t], NULL, resched_thread, (void *)(intptr_t)t);
-    }
-    for (int t = 0; t < HOP_THREADS; t++) {
-        pthread_join(th[t], NULL);
-    }
-    for (int t = 0; t < HOP_THREADS; t++) {
-        total += hop_runs[t];
-        ql_context_free(hop_ctx[t]);
-    }
-    QL_CHECK_EQ(hop_errors, 0);
-    QL_CHECK_EQ(total, (long)HOP_THREADS * HOP_COS * HOP_ROUNDS);
+    run_hoppers(co_rescheduler);
 }
 
 static int resched_result;

@@ -65,6 +65,27 @@ typedef struct Log {
     int n;
 } Log;
 
+/* Fail, printing both, unless the real log equals the model's; then empty
+ * both.  ran names the real log, subject the complaint. */
+static void logs_must_match(Log *real, Log *model, const char *what, const char *ran,
+                            const char *subject)
+{
+    int n = real->n < MAXLOG ? real->n : MAXLOG;
+    if (real->n != model->n || memcmp(real->e, model->e, n * sizeof(int)) != 0) {
+        fprintf(stderr, "fuzz_context: %s: %s", what, ran);
+        for (int i = 0; i < n; i++) {
+            fprintf(stderr, " %d", real->e[i]);
+        }
+        fprintf(stderr, "\nfuzz_context: %s: model", what);
+        for (int i = 0; i < (model->n < MAXLOG ? model->n : MAXLOG); i++) {
+            fprintf(stderr, " %d", model->e[i]);
+        }
+        fprintf(stderr, "\n");
+        FAIL("%s: %s from the model", what, subject);
+    }
+    real->n = model->n = 0;
+}
+
 static void log_add(Log *l, int v)
 {
     if (l->n < MAXLOG) {
@@ -1053,19 +1074,7 @@ static void mp_enter(int id)
 
 static void p_check(const char *what)
 {
-    int n = real_plog.n < MAXLOG ? real_plog.n : MAXLOG;
-    if (real_plog.n != model_plog.n || memcmp(real_plog.e, model_plog.e, n * sizeof(int)) != 0) {
-        fprintf(stderr, "fuzz_context: %s: programs ran", what);
-        for (int i = 0; i < n; i++) {
-            fprintf(stderr, " %d", real_plog.e[i]);
-        }
-        fprintf(stderr, "\nfuzz_context: %s: model", what);
-        for (int i = 0; i < (model_plog.n < MAXLOG ? model_plog.n : MAXLOG); i++) {
-            fprintf(stderr, " %d", model_plog.e[i]);
-        }
-        FAIL("\n%s: program steps differ from the model", what);
-    }
-    real_plog.n = model_plog.n = 0;
+    logs_must_match(&real_plog, &model_plog, what, "programs ran", "program steps differ");
     if (ql_co_mutex_holder(pmutex) != (mp_mutex_holder >= 0 ? pco[mp_mutex_holder].co : NULL) ||
         p_mutex_holder != mp_mutex_holder) {
         FAIL("%s: CoMutex held by %d (shadow), model %d", what, p_mutex_holder, mp_mutex_holder);
@@ -1213,19 +1222,7 @@ static void compare_logs(const char *what)
 {
     log_canon(&real_log);
     log_canon(&model_log);
-    int n = real_log.n < MAXLOG ? real_log.n : MAXLOG;
-    if (real_log.n != model_log.n || memcmp(real_log.e, model_log.e, n * sizeof(int)) != 0) {
-        fprintf(stderr, "fuzz_context: %s: ran", what);
-        for (int i = 0; i < n; i++) {
-            fprintf(stderr, " %d", real_log.e[i]);
-        }
-        fprintf(stderr, "\nfuzz_context: %s: model", what);
-        for (int i = 0; i < (model_log.n < MAXLOG ? model_log.n : MAXLOG); i++) {
-            fprintf(stderr, " %d", model_log.e[i]);
-        }
-        FAIL("\n%s: run order differs from the model", what);
-    }
-    real_log.n = model_log.n = 0;
+    logs_must_match(&real_log, &model_log, what, "ran", "run order differs");
 }
 
 static void check_state(void)
